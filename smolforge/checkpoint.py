@@ -1,0 +1,55 @@
+"""Resumable training state, kept apart from the HF model directory.
+
+`state_dir/ckpt.pt` holds model, optimizer, RNG and data position, plus a fingerprint of
+everything the run depends on (params, token files). A state whose fingerprint differs
+belongs to another run and is never resumed. Loaded with `weights_only=True`: a state
+file can hold tensors and plain containers only, never pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smolforge.io import atomic_file
+
+log = logging.getLogger(__name__)
+CKPT = "ckpt.pt"
+
+
+def fingerprint(params: Any, files: list[Path]) -> str:
+    """sha256 over the params (as JSON) and the bytes of `files`."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for path in files:
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def save(state_dir: Path, state: dict) -> None:
+    """Write the state atomically: a crash mid-save keeps the previous checkpoint."""
+    with atomic_file(Path(state_dir) / CKPT, "wb") as f:
+        torch.save(state, f)
+
+
+def load(state_dir: Path, fingerprint_: str) -> dict | None:
+    """The saved state if it belongs to this run, else None (and say why)."""
+    path = Path(state_dir) / CKPT
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: start over rather than crash
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, e)
+        return None
+    if state.get("fingerprint") != fingerprint_:
+        log.info("checkpoint %s is from other params or data; starting fresh", path)
+        return None
+    return state

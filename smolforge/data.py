@@ -1,0 +1,73 @@
+"""Batches for causal-LM training from flat token files (see smolforge/tokens.py).
+
+Each batch is `batch_size` whole examples, right-padded to the longest of them. Right
+padding needs no attention mask: under the causal mask a real token never sees the pads
+after it. Padded positions and non-target tokens get label -100 (ignored by the loss).
+The example order is a permutation drawn from (seed, epoch), so the data position
+`(epoch, index)` alone resumes it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from smolforge.tokens import TokenSplit
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) int64
+    labels: torch.Tensor  # (B, T) int64, IGNORE where not trained on
+    n_tokens: int  # real (non-pad) tokens
+    n_targets: int  # tokens that count in the loss
+
+
+def collate(split: TokenSplit, indices: list[int], pad_id: int) -> Batch:
+    """Right-pad the examples `indices` of `split` into one batch."""
+    examples = [split.example(i) for i in indices]
+    T = max(len(t) for t, _ in examples)
+    ids = np.full((len(examples), T), pad_id, dtype=np.int64)
+    labels = np.full((len(examples), T), IGNORE, dtype=np.int64)
+    for row, (toks, mask) in enumerate(examples):
+        ids[row, : len(toks)] = toks
+        labels[row, : len(toks)] = np.where(mask.astype(bool), toks.astype(np.int64), IGNORE)
+    n_tokens = sum(len(t) for t, _ in examples)
+    n_targets = int((labels[:, 1:] != IGNORE).sum())  # position 0 is never predicted
+    return Batch(torch.from_numpy(ids), torch.from_numpy(labels), n_tokens, n_targets)
+
+
+class Sampler:
+    """Endless shuffled passes over a split, resumable from (epoch, index)."""
+
+    def __init__(self, n_examples: int, batch_size: int, seed: int, epoch: int = 0, index: int = 0):
+        self.n, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.epoch, self.index = epoch, index
+        self._perm = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def next_indices(self) -> list[int]:
+        """The next batch's example indices; a pass ends early rather than wrap."""
+        if self.index >= self.n:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._perm = self._permutation()
+        out = self._perm[self.index : self.index + self.batch_size]
+        self.index += len(out)
+        return out
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+def eval_batches(split: TokenSplit, batch_size: int, pad_id: int, limit: int):
+    """Fixed, in-order batches over the first `limit` examples (all when limit <= 0)."""
+    n = len(split) if limit <= 0 else min(limit, len(split))
+    for start in range(0, n, batch_size):
+        yield collate(split, list(range(start, min(start + batch_size, n))), pad_id)

@@ -1,0 +1,185 @@
+"""Interaction nets in the A B C D system (CleverGPT / the A::B challenge).
+
+A net is a string over `ABCD`; its text form separates symbols by spaces and writes the
+empty net as `EMPTY`. Four rules rewrite a pair of neighbours:
+
+    A B -> (nothing)    C D -> (nothing)    A D -> D A    C B -> B C
+
+The system terminates and is confluent: every net has one normal form, of shape
+(B|D)* (A|C)*, and every rewrite order takes the same number of steps (at most
+floor(n^2 / 4) for length n). Internally nets are compact strings ("ADB"), which makes
+every operation a `str.find`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+SYMBOLS = "ABCD"
+EMPTY = "EMPTY"  # text form of the empty net: an explicit answer, never a blank line
+# (pattern, replacement) in CleverGPT's priority order
+RULES: tuple[tuple[str, str], ...] = (("AB", ""), ("CD", ""), ("AD", "DA"), ("CB", "BC"))
+_REWRITE = dict(RULES)
+Strategy = Literal["leftmost", "priority"]
+
+
+def to_text(net: str) -> str:
+    """"ADB" -> "A D B"; "" -> "EMPTY"."""
+    return " ".join(net) if net else EMPTY
+
+
+def parse(text: str) -> str | None:
+    """Text form -> compact net, or None when `text` is not a well-formed net."""
+    text = text.strip()
+    if text == EMPTY:
+        return ""
+    parts = text.split(" ")
+    if not parts or any(len(p) != 1 or p not in SYMBOLS for p in parts):
+        return None
+    return "".join(parts)
+
+
+def redex(net: str, strategy: Strategy) -> int:
+    """Index of the pair the strategy rewrites next, or -1 when `net` is normal.
+
+    `leftmost` takes the leftmost pair that any rule matches; `priority` takes the first
+    rule (in RULES order) that matches anywhere, at its leftmost match.
+    """
+    hits = [net.find(pattern) for pattern, _ in RULES]
+    if strategy == "priority":
+        return next((i for i in hits if i >= 0), -1)
+    found = [i for i in hits if i >= 0]
+    return min(found) if found else -1
+
+
+def rewrite_at(net: str, i: int) -> str:
+    """Apply the rule matching the pair at `i` (which must be a redex)."""
+    return net[:i] + _REWRITE[net[i : i + 2]] + net[i + 2 :]
+
+
+def is_normal(net: str) -> bool:
+    """True when no rule applies anywhere."""
+    return all(pattern not in net for pattern, _ in RULES)
+
+
+def trace(net: str, strategy: Strategy) -> list[str]:
+    """All states from `net` to its normal form: [net, s1, ..., normal]."""
+    states = [net]
+    while (i := redex(states[-1], strategy)) >= 0:
+        states.append(rewrite_at(states[-1], i))
+    return states
+
+
+def successors(net: str) -> set[str]:
+    """Every net one legal rewrite away (any rule, any position)."""
+    out = set()
+    for i in range(len(net) - 1):
+        if net[i : i + 2] in _REWRITE:
+            out.add(rewrite_at(net, i))
+    return out
+
+
+def max_steps(n: int) -> int:
+    """The most rewrite steps any net of length n needs: floor(n^2 / 4)."""
+    return n * n // 4
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What the reducer knows about a net: the answer and the number of steps."""
+
+    normal_form: str
+    steps: int
+
+
+def reduce(net: str, strategy: Strategy = "leftmost") -> Reduction:
+    """Normal form and step count (both independent of the strategy)."""
+    states = trace(net, strategy)
+    return Reduction(states[-1], len(states) - 1)
+
+
+def enumerate_nets(n: int) -> Iterator[str]:
+    """All 4^n nets of length n, in lexicographic order."""
+    if n == 0:
+        yield ""
+        return
+    for head in SYMBOLS:
+        for tail in enumerate_nets(n - 1):
+            yield head + tail
+
+
+def sample_net(rng: random.Random, n: int) -> str:
+    """A net of length n with every symbol drawn uniformly and independently."""
+    return "".join(rng.choice(SYMBOLS) for _ in range(n))
+
+
+class SplitSampler:
+    """Draws nets for several splits so that no net lands in two of them.
+
+    Lengths are uniform over the requested range and symbols uniform. Held-out splits
+    (test, validation, extra test sets) hold each net at most once, and take at most
+    `max_heldout_share` of all nets of a length, so that very short lengths (4 nets of
+    length 1) still leave nets for training; a length whose share is used up is redrawn.
+    The training split may repeat a net, as uniform sampling does at short lengths.
+    """
+
+    def __init__(self, seed: int, max_heldout_share: float):
+        self.rng = random.Random(seed)
+        self.max_heldout_share = max_heldout_share
+        self.owner: dict[str, str] = {}  # net -> the held-out split that claimed it
+        self.claimed_by_length: dict[int, int] = {}
+
+    def _room(self, n: int) -> bool:
+        return self.claimed_by_length.get(n, 0) + 1 <= self.max_heldout_share * 4**n
+
+    def heldout(self, split: str, count: int, lengths: range) -> list[str]:
+        """`count` distinct nets, none claimed by another split, lengths uniform."""
+        out: list[str] = []
+        while len(out) < count:
+            open_lengths = [n for n in lengths if self._room(n)]
+            if not open_lengths:
+                raise ValueError(
+                    f"split {split}: lengths {lengths.start}-{lengths.stop - 1} hold too few "
+                    f"nets for {count} held-out nets"
+                )
+            n = self.rng.choice(open_lengths)
+            net = sample_net(self.rng, n)
+            if net in self.owner:
+                continue
+            self.owner[net] = split
+            self.claimed_by_length[n] = self.claimed_by_length.get(n, 0) + 1
+            out.append(net)
+        return out
+
+    def by_steps(self, split: str, n: int, per_steps: int, max_steps_: int) -> list[str]:
+        """`per_steps` distinct nets of length n for each step count 0..max_steps_.
+
+        Rejection sampling from uniform nets; gives up after a bounded number of draws.
+        """
+        buckets: dict[int, list[str]] = {k: [] for k in range(max_steps_ + 1)}
+        for _ in range(2_000_000):
+            if all(len(b) == per_steps for b in buckets.values()):
+                break
+            net = sample_net(self.rng, n)
+            k = reduce(net).steps
+            if k in buckets and len(buckets[k]) < per_steps and net not in self.owner:
+                self.owner[net] = split
+                buckets[k].append(net)
+        missing = [k for k, b in buckets.items() if len(b) < per_steps]
+        if missing:
+            raise ValueError(f"split {split}: found too few length-{n} nets with steps {missing}")
+        return [net for k in sorted(buckets) for net in buckets[k]]
+
+    def train(self, count: int, lengths: range) -> list[str]:
+        """`count` nets with uniform lengths, skipping any net a held-out split owns."""
+        out: list[str] = []
+        while len(out) < count:
+            n = self.rng.choice(lengths)
+            # redraw within the length, so held-out nets do not skew the length mix
+            while (net := sample_net(self.rng, n)) in self.owner:
+                pass
+            out.append(net)
+        return out

@@ -1,0 +1,96 @@
+"""Nets as chat examples: the two trace shapes and the trace checker used by evaluate.
+
+The user turn is a net in text form; the assistant turn is its reduction. A *line* is
+one state, followed by ` =` when more steps follow, so the last line is the answer:
+
+    full: user "A D B"   assistant "D A B =\nD"       (every state after the input)
+    step: user "A D B"   assistant "D A B ="          (one rewrite; evaluate iterates)
+
+A net already in normal form answers with itself ("B A" -> "B A"), in both shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from smolforge import nets
+
+TraceShape = Literal["full", "step"]
+CONTINUES = " ="
+
+
+def line(state: str) -> str:
+    """A state as one line of a trace: ` =` marks that more steps follow."""
+    return nets.to_text(state) + ("" if nets.is_normal(state) else CONTINUES)
+
+
+def full_answer(net: str, strategy: nets.Strategy) -> str:
+    """The assistant text of the full trace shape."""
+    states = nets.trace(net, strategy)
+    return "\n".join(line(s) for s in states[1:]) if len(states) > 1 else nets.to_text(net)
+
+
+def step_answer(state: str, strategy: nets.Strategy) -> str:
+    """The assistant text of the one-rewrite shape: the next state's line."""
+    i = nets.redex(state, strategy)
+    return line(state if i < 0 else nets.rewrite_at(state, i))
+
+
+def examples(net: str, shape: TraceShape, strategy: nets.Strategy) -> Iterator[tuple[str, str]]:
+    """(user, assistant) pairs for one net: one for `full`, one per state for `step`
+    (including the final normal state, which teaches the model when to stop)."""
+    if shape == "full":
+        yield nets.to_text(net), full_answer(net, strategy)
+        return
+    for state in nets.trace(net, strategy):
+        yield nets.to_text(state), step_answer(state, strategy)
+
+
+def messages(user: str, assistant: str) -> list[dict]:
+    """The OpenAI messages shape of one example."""
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+@dataclass
+class Verdict:
+    """The checker's reading of a model's trace for one net."""
+
+    answer: str | None  # the model's final state (compact form), None when unreadable
+    correct: bool  # final answer equals the true normal form
+    valid: bool  # every line a legal rewrite, ends normal, right step count
+    exact: bool  # the same lines the reference strategy writes
+    failure: str | None  # None, "malformed", "wrong_rewrite", "stopped_early", "looped"
+    states: list[str] = field(default_factory=list)
+
+
+def check_trace(net: str, lines: list[str], strategy: nets.Strategy, looped: bool) -> Verdict:
+    """Judge the model's output lines for `net` with the exact reducer alone.
+
+    `lines` are the states the model wrote after the input (the `step` shape's iterated
+    outputs, or the `full` shape's lines); `looped` says decoding hit its step limit.
+    """
+    truth = nets.reduce(net)
+    reference = full_answer(net, strategy).split("\n")
+    states, failure, prev = [], None, net
+    for i, text in enumerate(lines):
+        body = text[: -len(CONTINUES)] if text.endswith(CONTINUES) else text
+        state = nets.parse(body)
+        if state is None:
+            failure = "malformed"
+            break
+        states.append(state)
+        identity = i == 0 and len(lines) == 1 and state == net and nets.is_normal(net)
+        if not identity and state not in nets.successors(prev):
+            failure = failure or "wrong_rewrite"
+        prev = state
+    answer = states[-1] if states and failure != "malformed" else None
+    if failure is None and looped:
+        failure = "looped"
+    if failure is None and (answer is None or not nets.is_normal(answer)):
+        failure = "stopped_early"
+    steps_ok = len(states) == max(truth.steps, 1)
+    correct = answer == truth.normal_form and failure != "looped"
+    valid = failure is None and steps_ok and correct
+    return Verdict(answer, correct, valid, lines == reference, failure, states)

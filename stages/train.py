@@ -1,0 +1,244 @@
+"""Stage train: train a Llama from scratch on pretokenized data.
+
+Reads TOKENS (pretokenize's folder) and writes:
+    OUT/            HF model directory (config.json, model.safetensors, tokenizer files,
+                    chat template, smolforge.json with the task fields evaluate needs)
+    STATE/ckpt.pt   resumable state (a rerun after a crash continues from it)
+    METRICS         final figures; TIMING: speed figures (kept apart: they vary by run)
+    TRAIN_CURVE, VAL_CURVE   loss tables for `dvc plots`
+
+Run by hand:
+    python -m stages.train --model nets --tokens data/pretokenize/nets \
+        --out models/nets/hf --state models/nets/state --metrics metrics/train/nets.json \
+        --timing metrics/train/nets_timing.json \
+        --train-curve metrics/train/nets_train_loss.csv --val-curve metrics/train/nets_val_loss.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from smolforge import checkpoint, tokenizer
+from smolforge.cli import StageError, produced_by, run
+from smolforge.io import atomic_dir, atomic_file, read_meta, write_json
+from smolforge.log import setup
+from smolforge.model import LlamaShape
+from smolforge.params import load_params
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    init: Literal["scratch"]
+    model: LlamaShape
+    seed: int
+    batch_size: int  # examples per micro-batch
+    grad_accum: int  # micro-batches per optimizer step
+    lr: float  # peak learning rate
+    min_lr: float  # cosine floor, reached at max_steps
+    warmup_steps: int
+    max_steps: int
+    weight_decay: float
+    betas: list[float]
+    grad_clip: float  # max global grad norm; <= 0 turns clipping off
+    eval_every: int  # steps
+    eval_examples: int  # validation examples per evaluation (<= 0: all)
+    checkpoint_every: int  # steps
+    log_every: int  # steps
+    threads: int
+
+    def check(self) -> list[str]:
+        errors = []
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "checkpoint_every", "log_every", "threads"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name}: expected >= 1")
+        if not 0 <= self.min_lr <= self.lr:
+            errors.append("min_lr: expected 0 <= min_lr <= lr")
+        if len(self.betas) != 2:
+            errors.append("betas: expected [beta1, beta2]")
+        return errors
+
+
+def lr_at(step: int, p: TrainParams) -> float:
+    """Linear warmup to p.lr, then cosine decay to p.min_lr at p.max_steps."""
+    if step < p.warmup_steps:
+        return p.lr * (step + 1) / p.warmup_steps
+    frac = (step - p.warmup_steps) / max(1, p.max_steps - p.warmup_steps)
+    return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def loss_sum(model, batch):
+    """Summed cross-entropy over the batch's targets (the caller divides by the count)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch.input_ids).logits  # (B, T, V)
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), reduction="sum"
+    )
+
+
+def evaluate_loss(model, split, p: TrainParams, pad_id: int) -> float:
+    """Mean target-token loss over the fixed validation batches."""
+    import torch
+
+    from smolforge.data import eval_batches
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in eval_batches(split, p.batch_size, pad_id, p.eval_examples):
+            total += loss_sum(model, batch).item()
+            count += batch.n_targets
+    model.train()
+    return total / max(count, 1)
+
+
+def write_curve(path: Path, header: str, rows: list[list]) -> None:
+    with atomic_file(path) as f:
+        f.write(header + "\n")
+        for row in rows:
+            f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", required=True, help="which params subsection: train.<model>")
+    for name in ("tokens", "out", "state", "metrics", "timing", "train-curve", "val-curve"):
+        ap.add_argument(f"--{name}", type=Path, required=True)
+    args = ap.parse_args(argv)
+    log = setup("train")
+    p = load_params(f"train.{args.model}", TrainParams, args.params)
+
+    # ---- load and check inputs before any work
+    from smolforge.tokens import read_split
+
+    meta = read_meta(args.tokens, "pretokenize", versions=(1,))
+    train_split = read_split(args.tokens, "train", meta)
+    val_split = read_split(args.tokens, "val", meta)
+    if len(train_split) == 0:
+        raise StageError(f"{args.tokens}/train.idx: no training examples {produced_by('pretokenize')}")
+    longest = int(max(train_split.offsets[1:] - train_split.offsets[:-1]))
+    if longest > p.model.max_seq_len:
+        raise StageError(
+            f"params.yaml: train.{args.model}.model.max_seq_len {p.model.max_seq_len} is shorter "
+            f"than the longest training example ({longest} tokens)"
+        )
+
+    import torch
+
+    from smolforge import model as model_lib
+    from smolforge.data import Sampler, collate
+
+    torch.set_num_threads(p.threads)
+    config = model_lib.llama_config(p.model, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
+    model = model_lib.build(config, p.seed)
+    decay = [q for q in model.parameters() if q.dim() >= 2]
+    no_decay = [q for q in model.parameters() if q.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=p.lr, betas=tuple(p.betas), fused=False,
+    )
+    fp = checkpoint.fingerprint(
+        dataclasses.asdict(p), [args.tokens / "meta.json", args.tokens / "train.bin", args.tokens / "train.mask"]
+    )
+
+    # ---- resume from a checkpoint of this same run, if one exists
+    step, tokens_seen, elapsed = 0, 0, 0.0
+    history: dict[str, list] = {"train": [], "val": []}
+    sampler = Sampler(len(train_split), p.batch_size, p.seed)
+    state = checkpoint.load(args.state, fp)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]
+        history = json.loads(state["history"])
+        sampler = Sampler(len(train_split), p.batch_size, p.seed, **state["data_position"])
+        log.info("resumed from %s at step %d", args.state / checkpoint.CKPT, step)
+
+    def save_state() -> None:
+        checkpoint.save(args.state, {
+            "fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": torch.get_rng_state(), "step": step, "tokens_seen": tokens_seen,
+            "elapsed_s": elapsed, "history": json.dumps(history),
+            "data_position": sampler.position(),
+        })
+
+    n_params = model_lib.n_params(model)
+    log.info("model: %s parameters; %s training examples", f"{n_params:,}", f"{len(train_split):,}")
+
+    # ---- train
+    model.train()
+    window_loss, window_targets, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+    while step < p.max_steps:
+        t0 = time.perf_counter()
+        lr = lr_at(step, p)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batches = [collate(train_split, sampler.next_indices(), meta["pad_id"]) for _ in range(p.grad_accum)]
+        n_targets = sum(b.n_targets for b in batches)
+        for batch in batches:
+            loss = loss_sum(model, batch) / n_targets  # mean over the whole step's targets
+            loss.backward()
+            window_loss += loss.item() * n_targets
+        if p.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        step_tokens = sum(b.n_tokens for b in batches)
+        tokens_seen += step_tokens
+        window_targets += n_targets
+        window_tokens += step_tokens
+        elapsed += time.perf_counter() - t0
+
+        if step % p.log_every == 0 or step == p.max_steps:
+            dt = time.perf_counter() - t_window
+            train_loss = window_loss / max(window_targets, 1)
+            history["train"].append([step, train_loss, lr])
+            n_steps = p.log_every if step % p.log_every == 0 else step % p.log_every
+            log.info(
+                "step %d/%d | loss %.4f | lr %.1e | %.0f ms/step | %s tok/s",
+                step, p.max_steps, train_loss, lr, 1000 * dt / n_steps, f"{window_tokens / dt:,.0f}",
+            )
+            window_loss, window_targets, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+        if step % p.eval_every == 0 or step == p.max_steps:
+            val_loss = evaluate_loss(model, val_split, p, meta["pad_id"])
+            history["val"].append([step, val_loss])
+            log.info("step %d/%d | val loss %.4f", step, p.max_steps, val_loss)
+        if step % p.checkpoint_every == 0 or step == p.max_steps:
+            save_state()
+
+    # ---- write the HF directory, metrics and curves
+    with atomic_dir(args.out) as tmp:
+        model.generation_config.pad_token_id = meta["pad_id"]
+        model.save_pretrained(tmp)
+        tokenizer.load(args.tokens / "tokenizer").save_pretrained(tmp)
+        write_json(tmp / "smolforge.json", {
+            "task": meta.get("task", {}), "tokenizer_sha256": meta["tokenizer_sha256"],
+            "train_params": dataclasses.asdict(p),
+        })
+    final_train = history["train"][-1][1]
+    final_val = history["val"][-1][1]
+    write_json(args.metrics, {
+        "train_loss": round(final_train, 6), "val_loss": round(final_val, 6),
+        "steps": step, "tokens_seen": tokens_seen, "n_params": n_params,
+    })
+    write_json(args.timing, {
+        "wall_s": round(elapsed, 1), "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9)),
+        "ms_per_step": round(1000 * elapsed / max(step, 1), 1), "threads": p.threads,
+    })
+    write_curve(args.train_curve, "step,train_loss,lr", history["train"])
+    write_curve(args.val_curve, "step,val_loss", history["val"])
+    log.info("done: %d steps, %s tokens, val loss %.4f", step, f"{tokens_seen:,}", final_val)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

@@ -1,0 +1,195 @@
+"""smolforge.gguf_export: GGUF metadata, tensor types, rotary permutation and llama.cpp parity."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from smolforge import chat, gguf_export, tokenizer
+from smolforge.model import LlamaShape, build, llama_config
+
+pytest.importorskip("llama_cpp")
+
+Q = gguf.GGMLQuantizationType
+SHAPE = LlamaShape(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128, rope_theta=10000.0)
+TEXTS = [
+    "A D B\nD A B =",
+    "<s>C B A D\n B C D A</s>",
+    "EMPTY\n",
+    "Hello, world! It's 2024: numbers 12345 and  two  spaces.\n\n",
+    "tabs\tand trailing spaces   ",
+    "caf\u00e9 \u00fcber na\u00efve \u65e5\u672c\u8a9e \U0001f600",
+    "we'll they're I'd",
+]
+
+
+def net_texts(n: int, seed: int = 0) -> list[str]:
+    """Strings shaped like the nets task: 'A D B\\nD A B =' lines."""
+    rng = random.Random(seed)
+    nets = ["".join(rng.choice("ABCD") for _ in range(rng.randint(0, 8))) for _ in range(n)]
+    return [f"{' '.join(a) or 'EMPTY'}\n{' '.join(reversed(a)) or 'EMPTY'} =" for a in nets]
+
+
+def make_hf_dir(path: Path, shape: LlamaShape = SHAPE, tie: bool = True, seed: int = 0) -> Path:
+    """A random tiny Llama plus a byte-level BPE, saved as train would save them."""
+    tok = tokenizer.to_hf(tokenizer.train_byte_bpe(net_texts(300), 300), chat.template("plain"))
+    config = llama_config(shape, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    config.tie_word_embeddings = tie
+    config.initializer_range = 0.2  # larger weights: well-separated logits, so top-1 is no coin toss
+    model = build(config, seed)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def sequences(tok, n: int = 4) -> list[list[int]]:
+    """Token ids as the token files hold them: BOS, prompt, answer, EOS."""
+    return [tok(f"<s>{t}</s>", add_special_tokens=False).input_ids for t in net_texts(n, seed=1)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One GQA model exported to every file type, with its parity figures."""
+    root = tmp_path_factory.mktemp("gguf")
+    src = gguf_export.load_source(make_hf_dir(root / "hf"), name="tiny")
+    seqs = sequences(src.tokenizer)
+    out = {}
+    for ft in gguf_export.FILE_TYPES:
+        report = gguf_export.write_gguf(src, root / f"model-{ft}.gguf", ft)
+        out[ft] = (report, gguf_export.check_parity(report.path, src, seqs, TEXTS, n_threads=2))
+    return src, out
+
+
+def test_metadata(exported):
+    src, out = exported
+    reader = gguf.GGUFReader(out["f16"][0].path)
+
+    def value(key):
+        return reader.get_field(key).contents()
+
+    assert value("general.architecture") == "llama"
+    assert value("general.name") == "tiny"
+    assert value("general.file_type") == gguf.LlamaFileType.MOSTLY_F16
+    expected = {
+        "context_length": 128, "embedding_length": 64, "block_count": 2, "feed_forward_length": 128,
+        "attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 16,
+        "vocab_size": len(src.tokenizer),
+    }
+    for key, want in expected.items():
+        assert value(f"llama.{key}") == want, key
+    assert value("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
+    assert value("llama.rope.freq_base") == pytest.approx(10000.0)
+
+
+def test_tokenizer_metadata(exported):
+    src, out = exported
+    reader = gguf.GGUFReader(out["f32"][0].path)
+
+    def value(key):
+        return reader.get_field(key).contents()
+
+    tok = src.tokenizer
+    assert value("tokenizer.ggml.model") == "gpt2"
+    assert value("tokenizer.ggml.pre") == "gpt-2"
+    assert value("tokenizer.ggml.tokens") == tokenizer.byte_bpe_parts(tok)["tokens"]
+    assert len(value("tokenizer.ggml.merges")) == len(tokenizer.byte_bpe_parts(tok)["merges"])
+    types = value("tokenizer.ggml.token_type")
+    assert types[tok.bos_token_id] == gguf.TokenType.CONTROL
+    assert types[tok.convert_tokens_to_ids("A")] == gguf.TokenType.NORMAL
+    assert value("tokenizer.ggml.bos_token_id") == tok.bos_token_id
+    assert value("tokenizer.ggml.eos_token_id") == tok.eos_token_id
+    assert value("tokenizer.ggml.padding_token_id") == tok.pad_token_id
+    assert value("tokenizer.ggml.add_bos_token") is False
+    assert value("tokenizer.ggml.add_eos_token") is False
+    assert value("tokenizer.chat_template") == chat.template("plain")
+
+
+def test_tensor_types(exported):
+    _, out = exported
+    for ft, want_2d in (("f32", Q.F32), ("f16", Q.F16), ("q8_0", Q.Q8_0)):
+        tensors = {t.name: t.tensor_type for t in gguf.GGUFReader(out[ft][0].path).tensors}
+        assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+        assert len(tensors) == 1 + 1 + 2 * 9
+        assert tensors["blk.0.attn_norm.weight"] == tensors["output_norm.weight"] == Q.F32
+        assert tensors["token_embd.weight"] == tensors["blk.1.ffn_down.weight"] == want_2d
+    report = out["q8_0"][0]
+    assert len(report.quantized) == 1 + 2 * 7 and report.kept == []
+    assert out["f16"][0].quantized == [] and out["f16"][0].n_bytes == out["f16"][0].path.stat().st_size
+
+
+def test_parity(exported):
+    _, out = exported
+    f32, f16, q8 = (out[ft][1] for ft in ("f32", "f16", "q8_0"))
+    assert f32.max_abs_logit_diff < 1e-3 and f32.top1_agreement == 1.0
+    assert f16.max_abs_logit_diff < 0.05 and f16.top1_agreement >= 0.95
+    # q8_0 rounding alone moves these logits (std ~1.6) by ~0.35 when HF runs the
+    # dequantized weights, and a random model has near-ties, so only most argmaxes agree
+    assert q8.max_abs_logit_diff < 1.0 and q8.top1_agreement >= 0.85
+    assert f32.n_positions > 20
+    for _, par in out.values():
+        assert par.tokenizer_match == 1.0
+
+
+def test_q8_0_keeps_rows_not_divisible_by_32():
+    arr = np.zeros((8, 48), np.float32)
+    assert gguf_export.tensor_type(arr, "q8_0") == Q.F16
+    assert gguf_export.tensor_type(np.zeros((8, 64), np.float32), "q8_0") == Q.Q8_0
+    assert gguf_export.tensor_type(np.zeros(64, np.float32), "q8_0") == Q.F32
+
+
+def test_interleave_rotary_pairs_halves():
+    # one head of dim 4: HF rows [x0, x1, y0, y1] -> llama.cpp rows [x0, y0, x1, y1]
+    w = np.arange(4, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    assert gguf_export.interleave_rotary(w, 1)[:, 0].tolist() == [0, 2, 1, 3]
+    two = np.arange(8, dtype=np.float32)[:, None]
+    assert gguf_export.interleave_rotary(two, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+def test_gqa_parity_needs_the_permutation(tmp_path, monkeypatch):
+    """n_kv_heads=1 < n_heads=4, untied head: exact parity, and a wrong k permutation breaks it."""
+    shape = LlamaShape(dim=64, n_layers=1, n_heads=4, n_kv_heads=1, ffn_dim=80, max_seq_len=64, rope_theta=500.0)
+    src = gguf_export.load_source(make_hf_dir(tmp_path / "hf", shape, tie=False, seed=3))
+    seqs = sequences(src.tokenizer, 3)
+    good = gguf_export.write_gguf(src, tmp_path / "good.gguf", "f32")
+    assert "output.weight" in {t.name for t in gguf.GGUFReader(good.path).tensors}
+    assert "blk.0.ffn_down.weight" in gguf_export.write_gguf(src, tmp_path / "q8.gguf", "q8_0").kept
+    par = gguf_export.check_parity(good.path, src, seqs, [], n_threads=2)
+    assert par.max_abs_logit_diff < 1e-3 and par.top1_agreement == 1.0
+
+    real = gguf_export.interleave_rotary
+    # permuting k as if it had n_heads heads (the classic GQA mistake) must show up
+    monkeypatch.setattr(gguf_export, "interleave_rotary", lambda w, n: real(w, 4))
+    bad = gguf_export.write_gguf(src, tmp_path / "bad.gguf", "f32")
+    assert gguf_export.check_parity(bad.path, src, seqs, [], n_threads=2).max_abs_logit_diff > 1e-2
+
+
+def test_write_is_atomic(tmp_path, exported, monkeypatch):
+    src, _ = exported
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
+    with pytest.raises(RuntimeError):
+        gguf_export.write_gguf(src, tmp_path / "m.gguf", "f16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_unknown_pre_tokenizer_and_config():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(gguf_export.ExportError, match="pre-tokenizer"):
+        gguf_export.pre_tokenizer_name(PreTrainedTokenizerFast(tokenizer_object=raw))
+    raw.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    assert gguf_export.pre_tokenizer_name(PreTrainedTokenizerFast(tokenizer_object=raw)) == "smollm"
+    with pytest.raises(gguf_export.ExportError, match="attention_bias"):
+        gguf_export.check_config(LlamaConfig(attention_bias=True))
