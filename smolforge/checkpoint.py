@@ -49,7 +49,7 @@ def load(state_dir: Path, fingerprint_: str) -> dict | None:
     except Exception as e:  # a torn or foreign file: start over rather than crash
         log.warning("ignoring unreadable checkpoint %s (%s)", path, e)
         return None
-    if state.get("fingerprint") != fingerprint_:
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint_:
         log.info("checkpoint %s is from other params or data; starting fresh", path)
         return None
     return state

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def greedy(model, prompts: list[list[int]], max_new_tokens: list[int], pad_id: int, eos_id: int,
-           batch_size: int) -> list[tuple[list[int], bool]]:
+def greedy(
+    model, prompts: list[list[int]], max_new_tokens: list[int], pad_id: int, eos_id: int, batch_size: int
+) -> list[tuple[list[int], bool]]:
     """(new token ids, whether EOS ended them) for each prompt; EOS and pads removed.
 
     Rows are batched in order of prompt length, so similar rows share a batch; each batch
@@ -28,9 +29,13 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: list[int], pad_id: i
             mask[r, T - len(prompts[i]) :] = 1
         with torch.no_grad():
             gen = model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, use_cache=True,
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                use_cache=True,
                 max_new_tokens=max(max_new_tokens[i] for i in rows),
-                pad_token_id=pad_id, eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
             )
         for r, i in enumerate(rows):
             new = gen[r, T:].tolist()[: max_new_tokens[i]]

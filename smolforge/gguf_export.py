@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -143,7 +143,8 @@ def pre_tokenizer_name(hf_tokenizer) -> str:
 
     spec = json.loads(hf_tokenizer.backend_tokenizer.to_str())
     if spec.get("normalizer") is not None:
-        raise ExportError(f"tokenizer has a normalizer ({spec['normalizer'].get('type')}); llama.cpp's gpt2 has none")
+        kind = spec["normalizer"].get("type")
+        raise ExportError(f"tokenizer has a {kind} normalizer; llama.cpp's gpt2 tokenizer has none")
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
 
@@ -214,10 +215,10 @@ def write_gguf(src: Source, path: Path | str, file_type: str) -> ExportReport:
         raise ExportError(f"file type {file_type!r} is not one of {', '.join(FILE_TYPES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # GGUFWriter opens the file by name itself, so it gets a unique temp name beside `path`
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    w = gguf.GGUFWriter(tmp, "llama")
     try:
-        w = gguf.GGUFWriter(tmp, "llama")
         _add_model_metadata(w, src, file_type)
         _add_tokenizer(w, src)
         report = _add_tensors(w, src.model, file_type)
@@ -229,7 +230,8 @@ def write_gguf(src: Source, path: Path | str, file_type: str) -> ExportReport:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        w.close()
+        tmp.unlink(missing_ok=True)
         raise
     report.path, report.n_bytes = path, path.stat().st_size
     return report
@@ -321,9 +323,15 @@ def check_parity(
 
     n_ctx = max([len(s) for s in sequences] + [8])
     llm = Llama(
-        model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-        n_threads=n_threads, verbose=False, seed=seed,
-        type_k=0, type_v=0,  # GGML_TYPE_F32 KV cache: the default F16 cache alone costs ~1e-2 in logits
+        model_path=str(gguf_path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        logits_all=True,
+        n_threads=n_threads,
+        verbose=False,
+        seed=seed,
+        type_k=0,
+        type_v=0,  # GGML_TYPE_F32 KV cache: the default F16 cache alone costs ~1e-2 in logits
     )
     try:
         diff, agree, n_pos = _logit_parity(llm, src.model, sequences)
@@ -352,7 +360,8 @@ def _logit_parity(llm, model, sequences: list[list[int]]) -> tuple[float, float,
 
 
 def tokenizer_agreement(llm, hf_tokenizer, texts: list[str]) -> float:
-    """Share of `texts` that llama.cpp and HF tokenize to the same ids (specials parsed)."""
+    """Share of `texts` that llama.cpp and HF tokenize to the same ids (specials parsed);
+    0.0 when there are no texts."""
     if not texts:
         return 0.0
     same = 0

@@ -14,12 +14,12 @@ T = TypeVar("T")
 def setup(stage: str) -> logging.Logger:
     """Send `HH:MM:SS LEVEL stage: message` lines to stderr; level from $LOG_LEVEL."""
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
+    for h in list(root.handlers):  # replace our own handler only (pytest adds its own)
+        if getattr(h, "smolforge", False):
+            root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s {stage}: %(message)s", "%H:%M:%S")
-    )
+    handler.smolforge = True
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {stage}: %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
     return logging.getLogger(f"stages.{stage}")

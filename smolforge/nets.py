@@ -27,7 +27,7 @@ Strategy = Literal["leftmost", "priority"]
 
 
 def to_text(net: str) -> str:
-    """"ADB" -> "A D B"; "" -> "EMPTY"."""
+    """ "ADB" -> "A D B"; "" -> "EMPTY"."""
     return " ".join(net) if net else EMPTY
 
 
@@ -158,7 +158,15 @@ class SplitSampler:
         """`per_steps` distinct nets of length n for each step count 0..max_steps_.
 
         Rejection sampling from uniform nets; gives up after a bounded number of draws.
+        Its nets count against the held-out share of length n like any held-out split's.
         """
+        if max_steps_ > max_steps(n):
+            raise ValueError(
+                f"split {split}: length-{n} nets take at most {max_steps(n)} steps, not {max_steps_}"
+            )
+        wanted = per_steps * (max_steps_ + 1)
+        if self.claimed_by_length.get(n, 0) + wanted > self.max_heldout_share * 4**n:
+            raise ValueError(f"split {split}: length {n} holds too few nets for {wanted} held-out nets")
         buckets: dict[int, list[str]] = {k: [] for k in range(max_steps_ + 1)}
         for _ in range(2_000_000):
             if all(len(b) == per_steps for b in buckets.values()):
@@ -167,6 +175,7 @@ class SplitSampler:
             k = reduce(net).steps
             if k in buckets and len(buckets[k]) < per_steps and net not in self.owner:
                 self.owner[net] = split
+                self.claimed_by_length[n] = self.claimed_by_length.get(n, 0) + 1
                 buckets[k].append(net)
         missing = [k for k, b in buckets.items() if len(b) < per_steps]
         if missing:

@@ -63,9 +63,7 @@ def load_params(section: str, cls: type[T], path: Path | str = "params.yaml") ->
     errors: list[str] = []
     value = _convert(node, cls, f"{section}", errors)
     if errors:
-        raise StageError(
-            f"{path}: {len(errors)} problem(s) in section {section}:\n  " + "\n  ".join(errors)
-        )
+        raise StageError(f"{path}: {len(errors)} problem(s) in section {section}:\n  " + "\n  ".join(errors))
     return value
 
 

@@ -70,9 +70,13 @@ def read_split(folder: Path, name: str, meta: dict) -> TokenSplit:
         if not p.is_file():
             raise StageError(f"{p}: file not found {where}")
     dtype = np.dtype(meta["dtype"])
-    if paths["bin"].stat().st_size % dtype.itemsize or paths["idx"].stat().st_size % 8:
-        raise StageError(f"{paths['bin']}: size is not a whole number of tokens {where}")
-    tokens = np.memmap(paths["bin"], dtype=dtype, mode="r") if paths["bin"].stat().st_size else np.zeros(0, dtype)
+    if paths["bin"].stat().st_size % dtype.itemsize:
+        raise StageError(f"{paths['bin']}: size is not a whole number of {dtype.name} tokens {where}")
+    if paths["idx"].stat().st_size % 8:
+        raise StageError(f"{paths['idx']}: size is not a whole number of int64 offsets {where}")
+    tokens = (
+        np.memmap(paths["bin"], dtype=dtype, mode="r") if paths["bin"].stat().st_size else np.zeros(0, dtype)
+    )
     offsets = np.fromfile(paths["idx"], dtype=np.int64)
     mask = np.fromfile(paths["mask"], dtype=np.uint8)
     ok = (
@@ -82,9 +86,7 @@ def read_split(folder: Path, name: str, meta: dict) -> TokenSplit:
         and bool(np.all(np.diff(offsets) >= 0))
     )
     if not ok:
-        raise StageError(
-            f"{folder}/{name}.*: token, offset and mask files disagree (truncated?) {where}"
-        )
+        raise StageError(f"{folder}/{name}.*: token, offset and mask files disagree (truncated?) {where}")
     if len(tokens) and int(tokens.max()) >= meta["vocab_size"]:
         raise StageError(f"{paths['bin']}: token id beyond vocab_size {meta['vocab_size']} {where}")
     return TokenSplit(tokens, offsets, mask)

@@ -126,10 +126,16 @@ def main(argv: list[str] | None = None) -> None:
             log.info(
                 "%s: %s bytes | %d quantized, %d kept%s | max |dlogit| %.2e | top-1 %.1f%% "
                 "over %s positions | tokenizer %.0f%% of %d texts",
-                ft, f"{report.n_bytes:,}", len(report.quantized), len(report.kept),
+                ft,
+                f"{report.n_bytes:,}",
+                len(report.quantized),
+                len(report.kept),
                 f" ({', '.join(report.kept)})" if report.kept else "",
-                par.max_abs_logit_diff, 100 * par.top1_agreement, f"{par.n_positions:,}",
-                100 * par.tokenizer_match, len(texts),
+                par.max_abs_logit_diff,
+                100 * par.top1_agreement,
+                f"{par.n_positions:,}",
+                100 * par.tokenizer_match,
+                len(texts),
             )
     write_json(args.metrics, metrics)
 

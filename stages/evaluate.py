@@ -10,14 +10,15 @@ step limit floor(n^2/4) + 1 is reached (no net needs more; the limit never looks
 answer). Every verdict comes from smolforge.netsformat.check_trace, never from the
 model's own claims.
 
-Writes METRICS (JSON), PLOT (accuracy by length, CSV) and PREDICTIONS (JSONL).
+Writes METRICS (JSON), PLOT (accuracy by length, CSV) and OUT/predictions.jsonl (every
+net with the model's lines and the verdict).
 
 Run by hand:
     python -m stages.evaluate --model nets --hf models/nets/hf --in data/generate \
         --metrics metrics/evaluate/nets.json --plot metrics/evaluate/nets_by_length.csv \
-        --predictions data/evaluate/nets/predictions.jsonl
+        --out data/evaluate/nets
     python -m stages.evaluate --model nets --hf models/nets/hf --in my_nets.jsonl \
-        --metrics /tmp/my_metrics.json --plot /tmp/my_by_length.csv --predictions /tmp/my_preds.jsonl
+        --metrics /tmp/my_metrics.json --plot /tmp/my_by_length.csv --out /tmp/my_eval
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from smolforge import nets, netsformat
 from smolforge.cli import StageError, produced_by, run
-from smolforge.io import atomic_file, read_jsonl, write_json, write_jsonl
+from smolforge.io import atomic_dir, atomic_file, read_jsonl, write_json, write_jsonl
 from smolforge.log import setup
 from smolforge.params import load_params
 
@@ -47,12 +48,12 @@ class EvaluateParams:
 
 def read_nets(path: Path, stage: str | None) -> list[dict]:
     """Records with a parseable "net"; `stage` names who wrote the file (None: the user)."""
-    origin = produced_by(stage) if stage else "(a nets JSONL file: one {\"net\": \"A B ...\"} per line)"
+    origin = produced_by(stage) if stage else '(a nets JSONL file: one {"net": "A B ..."} per line)'
     out = []
     for lineno, rec in enumerate(read_jsonl(path, stage or "evaluate", required=("net",)), 1):
         net = nets.parse(str(rec["net"]))
         if net is None:
-            raise StageError(f"{path}:{lineno}: field \"net\": {rec['net']!r} is not a net {origin}")
+            raise StageError(f'{path}:{lineno}: field "net": {rec["net"]!r} is not a net {origin}')
         out.append({"id": str(rec.get("id", f"line-{lineno}")), "net": net})
     return out
 
@@ -84,7 +85,9 @@ def solve(model, tok, task: dict, items: list[dict], batch_size: int) -> list[tu
         return tok(text, add_special_tokens=False)["input_ids"]
 
     def run_batch(texts: list[str], budgets: list[int]) -> list[tuple[str, bool]]:
-        outs = greedy(model, [encode(t) for t in texts], budgets, tok.pad_token_id, tok.eos_token_id, batch_size)
+        outs = greedy(
+            model, [encode(t) for t in texts], budgets, tok.pad_token_id, tok.eos_token_id, batch_size
+        )
         return [(tok.decode(ids, skip_special_tokens=True), ended) for ids, ended in outs]
 
     n_max = [nets.max_steps(len(it["net"])) + 1 for it in items]
@@ -135,8 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", required=True, help="which params subsection: evaluate.<model>")
     ap.add_argument("--hf", type=Path, required=True)
-    ap.add_argument("--in", dest="src", type=Path, required=True, help="generate's folder or a nets JSONL file")
-    for name in ("metrics", "plot", "predictions"):
+    ap.add_argument(
+        "--in", dest="src", type=Path, required=True, help="generate's folder or a nets JSONL file"
+    )
+    for name in ("metrics", "plot", "out"):
         ap.add_argument(f"--{name}", type=Path, required=True)
     args = ap.parse_args(argv)
     log = setup("evaluate")
@@ -144,7 +149,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- load and check every input first
     if args.src.is_dir():
-        sets = {name: read_nets(args.src / f"{name}.jsonl", "generate") for name in ("test", "ood", "stratified12")}
+        sets = {
+            name: read_nets(args.src / f"{name}.jsonl", "generate")
+            for name in ("test", "ood", "stratified12")
+        }
     else:
         sets = {"test": read_nets(args.src, None)}
     if p.max_test > 0:
@@ -159,19 +167,34 @@ def main(argv: list[str] | None = None) -> None:
     results, rows = {}, []
     for name, items in sets.items():
         outputs = solve(model, tok, task, items, p.batch_size)
-        verdicts = [netsformat.check_trace(it["net"], lines, task["strategy"], looped)
-                    for it, (lines, looped) in zip(items, outputs)]
+        verdicts = [
+            netsformat.check_trace(it["net"], lines, task["strategy"], looped)
+            for it, (lines, looped) in zip(items, outputs)
+        ]
         results[name] = (items, verdicts)
         for it, (lines, _), v in zip(items, outputs, verdicts):
-            rows.append({"set": name, "id": it["id"], "net": nets.to_text(it["net"]), "output": lines,
-                         "answer": nets.to_text(nets.reduce(it["net"]).normal_form),
-                         "correct": v.correct, "valid": v.valid, "exact": v.exact, "failure": v.failure})
+            rows.append(
+                {
+                    "set": name,
+                    "id": it["id"],
+                    "net": nets.to_text(it["net"]),
+                    "output": lines,
+                    "answer": nets.to_text(nets.reduce(it["net"]).normal_form),
+                    "correct": v.correct,
+                    "valid": v.valid,
+                    "exact": v.exact,
+                    "failure": v.failure,
+                }
+            )
         log.info("%s: %s", name, summarize(verdicts))
 
     # ---- write
     test_items, test_verdicts = results["test"]
-    metrics = {**summarize(test_verdicts), "by_length": by_length(test_items, test_verdicts),
-               "failures": dict(Counter(v.failure for v in test_verdicts if v.failure))}
+    metrics = {
+        **summarize(test_verdicts),
+        "by_length": by_length(test_items, test_verdicts),
+        "failures": dict(Counter(v.failure for v in test_verdicts if v.failure)),
+    }
     for kind in FAILURES:
         metrics["failures"].setdefault(kind, 0)
     if "ood" in results:
@@ -185,12 +208,19 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("test", "ood"):
             if name in results:
                 for length, m in by_length(*results[name]).items():
-                    f.write(f"{name},{length},{m['final_answer_accuracy']},{m['valid_trace_rate']},"
-                            f"{m['exact_trace_accuracy']},{m['n']}\n")
-    write_jsonl(args.predictions, rows)
-    log.info("final-answer accuracy %.4f, valid traces %.4f on %d test nets (%.0f s)",
-             metrics["final_answer_accuracy"], metrics["valid_trace_rate"], metrics["n"],
-             time.perf_counter() - t0)
+                    f.write(
+                        f"{name},{length},{m['final_answer_accuracy']},{m['valid_trace_rate']},"
+                        f"{m['exact_trace_accuracy']},{m['n']}\n"
+                    )
+    with atomic_dir(args.out) as tmp:
+        write_jsonl(tmp / "predictions.jsonl", rows)
+    log.info(
+        "final-answer accuracy %.4f, valid traces %.4f on %d test nets (%.0f s)",
+        metrics["final_answer_accuracy"],
+        metrics["valid_trace_rate"],
+        metrics["n"],
+        time.perf_counter() - t0,
+    )
 
 
 if __name__ == "__main__":

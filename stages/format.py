@@ -52,7 +52,7 @@ def read_nets(folder: Path, split: str) -> list[str]:
         net = nets.parse(str(rec["net"]))
         if net is None:
             raise StageError(
-                f"{path}:{lineno}: field \"net\": {rec['net']!r} is not a net of "
+                f'{path}:{lineno}: field "net": {rec["net"]!r} is not a net of '
                 f"space-separated A B C D (written by stage generate; run: dvc repro generate)"
             )
         out.append(net)
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, {"counts": counts})
     log.info(
         "kept %s train / %s val examples (%s dropped: prompt is a held-out net)",
-        f"{len(train):,}", f"{len(val):,}", f"{counts['dropped_heldout_prompts']:,}",
+        f"{len(train):,}",
+        f"{len(val):,}",
+        f"{counts['dropped_heldout_prompts']:,}",
     )
 
 

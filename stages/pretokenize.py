@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     # ---- encode and write
     with atomic_dir(args.out) as tmp:
         hf_tok.save_pretrained(tmp / "tokenizer")
-        counts = {name: tokens.write_split(tmp, name, encode(hf_tok, exs), dtype) for name, exs in splits.items()}
+        counts = {
+            name: tokens.write_split(tmp, name, encode(hf_tok, exs), dtype) for name, exs in splits.items()
+        }
         meta = {
             "format_version": FORMAT_VERSION,
             "produced_by": "pretokenize",
@@ -113,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, {"vocab_size": vocab_size, "counts": counts})
     log.info(
         "vocab %d; train %s tokens in %s examples, val %s tokens",
-        vocab_size, f"{counts['train']['n_tokens']:,}", f"{counts['train']['n_examples']:,}",
+        vocab_size,
+        f"{counts['train']['n_tokens']:,}",
+        f"{counts['train']['n_examples']:,}",
         f"{counts['val']['n_tokens']:,}",
     )
 

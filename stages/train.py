@@ -55,7 +55,15 @@ class TrainParams:
 
     def check(self) -> list[str]:
         errors = []
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "checkpoint_every", "log_every", "threads"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_every",
+            "checkpoint_every",
+            "log_every",
+            "threads",
+        ):
             if getattr(self, name) < 1:
                 errors.append(f"{name}: expected >= 1")
         if not 0 <= self.min_lr <= self.lr:
@@ -137,20 +145,26 @@ def main(argv: list[str] | None = None) -> None:
     from smolforge.data import Sampler, collate
 
     torch.set_num_threads(p.threads)
-    config = model_lib.llama_config(p.model, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
+    config = model_lib.llama_config(
+        p.model, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"]
+    )
     model = model_lib.build(config, p.seed)
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=p.lr, betas=tuple(p.betas), fused=False,
+        lr=p.lr,
+        betas=tuple(p.betas),
+        fused=False,
     )
     fp = checkpoint.fingerprint(
-        dataclasses.asdict(p), [args.tokens / "meta.json", args.tokens / "train.bin", args.tokens / "train.mask"]
+        dataclasses.asdict(p),
+        [args.tokens / "meta.json", args.tokens / "train.bin", args.tokens / "train.mask"],
     )
 
     # ---- resume from a checkpoint of this same run, if one exists
     step, tokens_seen, elapsed = 0, 0, 0.0
+    window_loss, window_targets = 0.0, 0  # loss summed since the last log line
     history: dict[str, list] = {"train": [], "val": []}
     sampler = Sampler(len(train_split), p.batch_size, p.seed)
     state = checkpoint.load(args.state, fp)
@@ -159,24 +173,35 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]
+        window_loss, window_targets = state["window_loss"], state["window_targets"]
         history = json.loads(state["history"])
         sampler = Sampler(len(train_split), p.batch_size, p.seed, **state["data_position"])
         log.info("resumed from %s at step %d", args.state / checkpoint.CKPT, step)
 
     def save_state() -> None:
-        checkpoint.save(args.state, {
-            "fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": torch.get_rng_state(), "step": step, "tokens_seen": tokens_seen,
-            "elapsed_s": elapsed, "history": json.dumps(history),
-            "data_position": sampler.position(),
-        })
+        checkpoint.save(
+            args.state,
+            {
+                "fingerprint": fp,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "elapsed_s": elapsed,
+                "history": json.dumps(history),
+                "data_position": sampler.position(),
+                "window_loss": window_loss,
+                "window_targets": window_targets,
+            },
+        )
 
     n_params = model_lib.n_params(model)
     log.info("model: %s parameters; %s training examples", f"{n_params:,}", f"{len(train_split):,}")
 
     # ---- train
     model.train()
-    window_loss, window_targets, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+    window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
     while step < p.max_steps:
         t0 = time.perf_counter()
         lr = lr_at(step, p)
@@ -197,18 +222,24 @@ def main(argv: list[str] | None = None) -> None:
         tokens_seen += step_tokens
         window_targets += n_targets
         window_tokens += step_tokens
+        window_steps += 1
         elapsed += time.perf_counter() - t0
 
         if step % p.log_every == 0 or step == p.max_steps:
             dt = time.perf_counter() - t_window
             train_loss = window_loss / max(window_targets, 1)
             history["train"].append([step, train_loss, lr])
-            n_steps = p.log_every if step % p.log_every == 0 else step % p.log_every
             log.info(
                 "step %d/%d | loss %.4f | lr %.1e | %.0f ms/step | %s tok/s",
-                step, p.max_steps, train_loss, lr, 1000 * dt / n_steps, f"{window_tokens / dt:,.0f}",
+                step,
+                p.max_steps,
+                train_loss,
+                lr,
+                1000 * dt / window_steps,
+                f"{window_tokens / dt:,.0f}",
             )
-            window_loss, window_targets, window_tokens, t_window = 0.0, 0, 0, time.perf_counter()
+            window_loss, window_targets = 0.0, 0
+            window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
         if step % p.eval_every == 0 or step == p.max_steps:
             val_loss = evaluate_loss(model, val_split, p, meta["pad_id"])
             history["val"].append([step, val_loss])
@@ -221,20 +252,35 @@ def main(argv: list[str] | None = None) -> None:
         model.generation_config.pad_token_id = meta["pad_id"]
         model.save_pretrained(tmp)
         tokenizer.load(args.tokens / "tokenizer").save_pretrained(tmp)
-        write_json(tmp / "smolforge.json", {
-            "task": meta.get("task", {}), "tokenizer_sha256": meta["tokenizer_sha256"],
-            "train_params": dataclasses.asdict(p),
-        })
+        write_json(
+            tmp / "smolforge.json",
+            {
+                "task": meta.get("task", {}),
+                "tokenizer_sha256": meta["tokenizer_sha256"],
+                "train_params": dataclasses.asdict(p),
+            },
+        )
     final_train = history["train"][-1][1]
     final_val = history["val"][-1][1]
-    write_json(args.metrics, {
-        "train_loss": round(final_train, 6), "val_loss": round(final_val, 6),
-        "steps": step, "tokens_seen": tokens_seen, "n_params": n_params,
-    })
-    write_json(args.timing, {
-        "wall_s": round(elapsed, 1), "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9)),
-        "ms_per_step": round(1000 * elapsed / max(step, 1), 1), "threads": p.threads,
-    })
+    write_json(
+        args.metrics,
+        {
+            "train_loss": round(final_train, 6),
+            "val_loss": round(final_val, 6),
+            "steps": step,
+            "tokens_seen": tokens_seen,
+            "n_params": n_params,
+        },
+    )
+    write_json(
+        args.timing,
+        {
+            "wall_s": round(elapsed, 1),
+            "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9)),
+            "ms_per_step": round(1000 * elapsed / max(step, 1), 1),
+            "threads": p.threads,
+        },
+    )
     write_curve(args.train_curve, "step,train_loss,lr", history["train"])
     write_curve(args.val_curve, "step,val_loss", history["val"])
     log.info("done: %d steps, %s tokens, val loss %.4f", step, f"{tokens_seen:,}", final_val)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from smolforge.model import LlamaShape, build, llama_config
 pytest.importorskip("llama_cpp")
 
 Q = gguf.GGMLQuantizationType
-SHAPE = LlamaShape(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128, rope_theta=10000.0)
+SHAPE = LlamaShape(
+    dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128, rope_theta=10000.0
+)
 TEXTS = [
     "A D B\nD A B =",
     "<s>C B A D\n B C D A</s>",
@@ -75,8 +78,13 @@ def test_metadata(exported):
     assert value("general.name") == "tiny"
     assert value("general.file_type") == gguf.LlamaFileType.MOSTLY_F16
     expected = {
-        "context_length": 128, "embedding_length": 64, "block_count": 2, "feed_forward_length": 128,
-        "attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 16,
+        "context_length": 128,
+        "embedding_length": 64,
+        "block_count": 2,
+        "feed_forward_length": 128,
+        "attention.head_count": 4,
+        "attention.head_count_kv": 2,
+        "rope.dimension_count": 16,
         "vocab_size": len(src.tokenizer),
     }
     for key, want in expected.items():
@@ -151,7 +159,9 @@ def test_interleave_rotary_pairs_halves():
 
 def test_gqa_parity_needs_the_permutation(tmp_path, monkeypatch):
     """n_kv_heads=1 < n_heads=4, untied head: exact parity, and a wrong k permutation breaks it."""
-    shape = LlamaShape(dim=64, n_layers=1, n_heads=4, n_kv_heads=1, ffn_dim=80, max_seq_len=64, rope_theta=500.0)
+    shape = LlamaShape(
+        dim=64, n_layers=1, n_heads=4, n_kv_heads=1, ffn_dim=80, max_seq_len=64, rope_theta=500.0
+    )
     src = gguf_export.load_source(make_hf_dir(tmp_path / "hf", shape, tie=False, seed=3))
     seqs = sequences(src.tokenizer, 3)
     good = gguf_export.write_gguf(src, tmp_path / "good.gguf", "f32")
@@ -165,6 +175,19 @@ def test_gqa_parity_needs_the_permutation(tmp_path, monkeypatch):
     monkeypatch.setattr(gguf_export, "interleave_rotary", lambda w, n: real(w, 4))
     bad = gguf_export.write_gguf(src, tmp_path / "bad.gguf", "f32")
     assert gguf_export.check_parity(bad.path, src, seqs, [], n_threads=2).max_abs_logit_diff > 1e-2
+
+
+def test_tokenizer_check_catches_a_wrong_pre(tmp_path, exported):
+    """llama.cpp's "default" pre-tokenizer splits " =" in two; "gpt-2" keeps it, as HF does."""
+    from llama_cpp import Llama
+
+    src, _ = exported
+    wrong = gguf_export.write_gguf(dataclasses.replace(src, pre="default"), tmp_path / "m.gguf", "f32")
+    llm = Llama(model_path=str(wrong.path), vocab_only=True, verbose=False)
+    try:
+        assert gguf_export.tokenizer_agreement(llm, src.tokenizer, TEXTS) < 1.0
+    finally:
+        llm.close()
 
 
 def test_write_is_atomic(tmp_path, exported, monkeypatch):

@@ -1,0 +1,104 @@
+"""Shared fixtures: the tiny params file and a tiny pipeline run in a temp folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_PARAMS = ROOT / "tests" / "fixtures" / "params.tiny.yaml"
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Path:
+    """A private copy of the tiny params file (tests may edit it)."""
+    dst = tmp_path / "params.yaml"
+    shutil.copy(TINY_PARAMS, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
+    """generate -> format -> pretokenize -> train on the tiny params, run once per session."""
+    from stages import format as format_stage
+    from stages import generate, pretokenize, train
+
+    d = tmp_path_factory.mktemp("tiny_run")
+    params = d / "params.yaml"
+    shutil.copy(TINY_PARAMS, params)
+    paths = {
+        "dir": d,
+        "params": params,
+        "generate": d / "data/generate",
+        "format": d / "data/format/nets",
+        "tokens": d / "data/pretokenize/nets",
+        "hf": d / "models/nets/hf",
+        "state": d / "models/nets/state",
+    }
+    m = d / "metrics"
+    generate.main(
+        ["--params", str(params), "--out", str(paths["generate"]), "--metrics", str(m / "generate.json")]
+    )
+    format_stage.main(
+        [
+            "--params",
+            str(params),
+            "--model",
+            "nets",
+            "--in",
+            str(paths["generate"]),
+            "--out",
+            str(paths["format"]),
+            "--metrics",
+            str(m / "format.json"),
+        ]
+    )
+    pretokenize.main(
+        [
+            "--params",
+            str(params),
+            "--model",
+            "nets",
+            "--in",
+            str(paths["format"]),
+            "--out",
+            str(paths["tokens"]),
+            "--metrics",
+            str(m / "pretokenize.json"),
+        ]
+    )
+    train.main(train_argv(params, paths, m))
+    return paths
+
+
+def train_argv(params: Path, paths: dict, m: Path) -> list[str]:
+    """The train stage's command line for a tiny-run layout."""
+    return [
+        "--params",
+        str(params),
+        "--model",
+        "nets",
+        "--tokens",
+        str(paths["tokens"]),
+        "--out",
+        str(paths["hf"]),
+        "--state",
+        str(paths["state"]),
+        "--metrics",
+        str(m / "train.json"),
+        "--timing",
+        str(m / "train_timing.json"),
+        "--train-curve",
+        str(m / "train_loss.csv"),
+        "--val-curve",
+        str(m / "val_loss.csv"),
+    ]
+
+
+def listing(folder: Path) -> list[str]:
+    """Every path under `folder`, relative, sorted (to assert nothing was written)."""
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))

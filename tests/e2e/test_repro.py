@@ -1,0 +1,99 @@
+"""The real pipeline: `dvc repro` on the tiny params in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ("data/", "models/", "metrics/", "dvc.lock")  # the default run's products
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t.invalid",
+    }
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """The project's source files (not its results) in a new git repo, with tiny params."""
+    dst = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        if rel.startswith(RESULTS) or not (ROOT / rel).is_file():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst / rel)
+    shutil.copy(ROOT / "tests/fixtures/params.tiny.yaml", dst / "params.yaml")
+    sh(dst, "git", "init", "-q", "-b", "main")
+    sh(dst, "git", "add", "-A")
+    sh(dst, "git", "commit", "-qm", "tiny")
+    return dst
+
+
+def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touches(repo):
+    first = sh(repo, "dvc", "repro")
+    assert ran(first) == {
+        "generate",
+        "format@nets",
+        "pretokenize@nets",
+        "train@nets",
+        "convert@nets",
+        "evaluate@nets",
+    }
+
+    ev = json.loads((repo / "metrics/evaluate/nets.json").read_text())
+    for key in (
+        "final_answer_accuracy",
+        "valid_trace_rate",
+        "exact_trace_accuracy",
+        "by_length",
+        "ood",
+        "stratified12_solved",
+    ):
+        assert key in ev
+    assert ev["n"] == 30 and ev["stratified12_n"] == 7
+    conv = json.loads((repo / "metrics/convert/nets.json").read_text())
+    assert set(conv) >= {"f32", "q8_0"}
+    assert conv["f32"]["top1_agreement"] == 1.0
+    assert (repo / "models/nets/gguf/model-q8_0.gguf").is_file()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(repo / "models/nets/hf"))
+
+    second = sh(repo, "dvc", "repro")
+    assert ran(second) == set() and "up to date" in second
+
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny run")
+    exp = sh(repo, "dvc", "exp", "run", "-S", "train.nets.lr=2e-3")
+    assert ran(exp) == {"train@nets", "convert@nets", "evaluate@nets"}

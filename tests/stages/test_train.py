@@ -1,0 +1,93 @@
+"""Stage train: an HF directory that transformers loads as it is, resume after a crash,
+and refusal of missing input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from smolforge.cli import run
+from stages import train
+from tests.conftest import listing, train_argv
+
+
+def test_output_loads_with_auto_classes(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = tiny_run["hf"]
+    model = AutoModelForCausalLM.from_pretrained(str(hf))
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    assert model.config.model_type == "llama" and model.config.num_key_value_heads == 1
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "A D B"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<s>A D B\n"
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+    sidecar = json.loads((hf / "smolforge.json").read_text())
+    assert sidecar["task"]["trace"] == "step"
+
+
+def test_metrics_and_curves(tiny_run):
+    m = tiny_run["dir"] / "metrics"
+    metrics = json.loads((m / "train.json").read_text())
+    assert metrics["steps"] == 12 and metrics["n_params"] > 0 and metrics["tokens_seen"] > 0
+    curve = (m / "train_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,train_loss,lr" and [r.split(",")[0] for r in curve[1:]] == ["3", "6", "9", "12"]
+    val = (m / "val_loss.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in val[1:]] == ["6", "12"]
+    first, last = float(curve[1].split(",")[1]), float(curve[-1].split(",")[1])
+    assert last < first  # it learns something even in 12 steps
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_matches_an_uninterrupted_run(tiny_run, tmp_path, monkeypatch):
+    paths = {**tiny_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
+    m = tmp_path / "metrics"
+    real_lr_at = train.lr_at
+
+    def crash_at_step_9(step, p):
+        if step == 9:
+            raise Crash()
+        return real_lr_at(step, p)
+
+    monkeypatch.setattr(train, "lr_at", crash_at_step_9)
+    with pytest.raises(Crash):
+        train.main(train_argv(tiny_run["params"], paths, m))
+    assert not paths["hf"].exists()  # nothing half-written
+    assert (paths["state"] / "ckpt.pt").is_file()
+    monkeypatch.setattr(train, "lr_at", real_lr_at)
+    train.main(train_argv(tiny_run["params"], paths, m))
+
+    from safetensors.torch import load_file
+
+    resumed = load_file(paths["hf"] / "model.safetensors")
+    straight = load_file(tiny_run["hf"] / "model.safetensors")
+    assert resumed.keys() == straight.keys()
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+    ref = (tiny_run["dir"] / "metrics/train_loss.csv").read_text()
+    assert (m / "train_loss.csv").read_text() == ref
+
+
+def test_missing_tokens_folder_is_a_clear_error(tiny_run, tmp_path, caplog):
+    paths = {**tiny_run, "tokens": tmp_path / "nope", "hf": tmp_path / "hf", "state": tmp_path / "state"}
+    assert run(train.main, train_argv(tiny_run["params"], paths, tmp_path / "m")) == 2
+    assert "nope/meta.json: file not found (written by stage pretokenize" in caplog.text
+    assert listing(tmp_path) == []
+
+
+def test_sequence_longer_than_model_is_refused_up_front(tiny_run, tmp_path, caplog):
+    params = tmp_path / "params.yaml"
+    params.write_text(tiny_run["params"].read_text().replace("max_seq_len: 64", "max_seq_len: 8"))
+    paths = {**tiny_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
+    assert run(train.main, train_argv(params, paths, tmp_path / "m")) == 2
+    assert "max_seq_len 8 is shorter than the longest training example" in caplog.text
+    assert listing(tmp_path) == ["params.yaml"]
+    shutil.rmtree(tmp_path / "m", ignore_errors=True)

@@ -1,0 +1,148 @@
+"""smolforge.netsformat: the full and step trace shapes, and check_trace's verdicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from smolforge import nets, netsformat
+from smolforge.netsformat import check_trace
+
+
+def reference(net: str, strategy: nets.Strategy = "leftmost") -> list[str]:
+    return netsformat.full_answer(net, strategy).split("\n")
+
+
+# ---- shapes
+
+
+def test_full_shape_worked_example():
+    assert list(netsformat.examples("ADB", "full", "leftmost")) == [("A D B", "D A B =\nD")]
+
+
+def test_step_shape_worked_example():
+    # one example per state, including the final one that teaches the model to stop
+    assert list(netsformat.examples("ADB", "step", "leftmost")) == [
+        ("A D B", "D A B ="),
+        ("D A B", "D"),
+        ("D", "D"),
+    ]
+
+
+def test_shapes_follow_the_strategy():
+    assert netsformat.full_answer("ADAB", "leftmost") == "D A A B =\nD A"
+    assert netsformat.full_answer("ADAB", "priority") == "A D =\nD A"
+    assert netsformat.step_answer("ADAB", "priority") == "A D ="
+
+
+@pytest.mark.parametrize("shape", ["full", "step"])
+def test_normal_net_answers_itself(shape):
+    assert list(netsformat.examples("BA", shape, "priority")) == [("B A", "B A")]
+    assert list(netsformat.examples("", shape, "priority")) == [("EMPTY", "EMPTY")]
+
+
+def test_empty_answer_is_written_empty():
+    assert netsformat.full_answer("CDAB", "leftmost") == "A B =\nEMPTY"
+    assert netsformat.step_answer("AB", "leftmost") == "EMPTY"
+    assert netsformat.line("") == "EMPTY"
+    assert netsformat.line("DA") == "D A"
+    assert netsformat.line("AD") == "A D ="
+
+
+def test_messages_shape():
+    assert netsformat.messages("A B", "EMPTY") == [
+        {"role": "user", "content": "A B"},
+        {"role": "assistant", "content": "EMPTY"},
+    ]
+
+
+# ---- check_trace
+
+
+def verdict_tuple(v: netsformat.Verdict):
+    return v.answer, v.correct, v.valid, v.exact, v.failure
+
+
+@pytest.mark.parametrize("strategy", ["leftmost", "priority"])
+@pytest.mark.parametrize("net", ["ADB", "CAB", "ADAB", "BA", "", "AB", "CCBBAD"])
+def test_reference_trace_is_correct_valid_exact(net, strategy):
+    v = check_trace(net, reference(net, strategy), strategy, looped=False)
+    red = nets.reduce(net)
+    assert verdict_tuple(v) == (red.normal_form, True, True, True, None)
+    assert v.states == nets.trace(net, strategy)[1:] or (red.steps == 0 and v.states == [net])
+
+
+def test_step_shape_outputs_check_like_full():
+    # evaluate iterates the step shape: each output line is one element of `lines`
+    net = "CCBBAD"
+    lines = [netsformat.step_answer(s, "priority") for s in nets.trace(net, "priority")[:-1]]
+    assert lines == reference(net, "priority")
+    assert check_trace(net, lines, "priority", looped=False).exact
+
+
+def test_other_strategy_is_valid_and_correct_but_not_exact():
+    net = "ADAB"
+    other = reference(net, "priority")
+    assert other != reference(net, "leftmost")
+    v = check_trace(net, other, "leftmost", looped=False)
+    assert verdict_tuple(v) == ("DA", True, True, False, None)
+
+
+def test_wrong_rewrite():
+    # A D B -> D B skips a state (not one legal rewrite), though it lands on the right answer
+    v = check_trace("ADB", ["D B =", "D"], "leftmost", looped=False)
+    assert verdict_tuple(v) == ("D", True, False, False, "wrong_rewrite")
+
+
+def test_wrong_final_answer():
+    v = check_trace("ADB", ["D A B =", "B"], "leftmost", looped=False)
+    assert verdict_tuple(v) == ("B", False, False, False, "wrong_rewrite")
+    v = check_trace("ADB", ["EMPTY"], "leftmost", looped=False)
+    assert verdict_tuple(v) == ("", False, False, False, "wrong_rewrite")
+
+
+def test_stopped_early():
+    v = check_trace("ADB", ["D A B ="], "leftmost", looped=False)
+    assert verdict_tuple(v) == ("DAB", False, False, False, "stopped_early")
+    v = check_trace("ADB", [], "leftmost", looped=False)
+    assert verdict_tuple(v) == (None, False, False, False, "stopped_early")
+
+
+@pytest.mark.parametrize("bad", ["X", "", "D  A B =", "d a b", "D A B = ="])
+def test_malformed(bad):
+    v = check_trace("ADB", [bad, "D"], "leftmost", looped=False)
+    assert verdict_tuple(v) == (None, False, False, False, "malformed")
+    assert check_trace("ADB", ["D A B =", bad], "leftmost", looped=False).failure == "malformed"
+
+
+def test_looped():
+    # decoding hit the step limit: never correct, even when the lines so far are legal
+    v = check_trace("ADB", ["D A B ="], "leftmost", looped=True)
+    assert verdict_tuple(v) == ("DAB", False, False, False, "looped")
+    v = check_trace("ADB", reference("ADB"), "leftmost", looped=True)
+    assert verdict_tuple(v) == ("D", False, False, True, "looped")
+
+
+def test_repeated_state_is_a_wrong_rewrite_not_a_loop():
+    v = check_trace("ADB", ["D A B =", "D A B =", "D"], "leftmost", looped=True)
+    assert v.failure == "wrong_rewrite" and not v.valid
+
+
+def test_empty_answer():
+    assert verdict_tuple(check_trace("AB", ["EMPTY"], "leftmost", False)) == ("", True, True, True, None)
+    assert verdict_tuple(check_trace("CDAB", ["A B =", "EMPTY"], "priority", False)) == (
+        "",
+        True,
+        True,
+        False,  # priority rewrites the A B first
+        None,
+    )
+    # a blank answer is not the empty net
+    assert check_trace("AB", [""], "leftmost", False).failure == "malformed"
+
+
+def test_normal_net_identity_only_once():
+    assert check_trace("BA", ["B A"], "leftmost", False).valid
+    v = check_trace("BA", ["B A", "B A"], "leftmost", False)
+    assert verdict_tuple(v) == ("BA", True, False, False, "wrong_rewrite")
+    # a non-normal net cannot answer itself
+    assert check_trace("AD", ["A D"], "leftmost", False).failure == "wrong_rewrite"
