@@ -64,12 +64,17 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     first = sh(repo, "dvc", "repro")
     assert ran(first) == {
         "generate",
+        "scrape",
         "format@nets",
         "pretokenize@nets",
         "train@nets",
         "convert@nets",
         "evaluate@nets",
     }
+
+    scraped = json.loads((repo / "metrics/scrape.json").read_text())
+    assert scraped["documents"] == 12 and sum(scraped["failed"].values()) == 0  # the shipped site, offline
+    assert (repo / ".cache/scrape").is_dir()  # the HTTP cache, kept for the next run
 
     ev = json.loads((repo / "metrics/evaluate/nets.json").read_text())
     for key in (
