@@ -42,16 +42,41 @@ def collate(split: TokenSplit, indices: list[int], pad_id: int) -> Batch:
 
 
 class Sampler:
-    """Endless shuffled passes over a split, resumable from (epoch, index)."""
+    """Endless shuffled passes over a split, resumable from (epoch, index).
 
-    def __init__(self, n_examples: int, batch_size: int, seed: int, epoch: int = 0, index: int = 0):
+    With `lengths` and `bucket` > 1, each run of `bucket` batches is sorted by example
+    length before it is cut into batches (whose order is then shuffled), so a batch pads
+    to similar lengths: less padding, same examples per epoch, still seeded.
+    """
+
+    def __init__(
+        self,
+        n_examples: int,
+        batch_size: int,
+        seed: int,
+        epoch: int = 0,
+        index: int = 0,
+        lengths: np.ndarray | None = None,
+        bucket: int = 1,
+    ):
         self.n, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.lengths, self.bucket = lengths, bucket
         self.epoch, self.index = epoch, index
         self._perm = self._permutation()
 
     def _permutation(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+        perm = torch.randperm(self.n, generator=g).tolist()
+        if self.lengths is None or self.bucket <= 1:
+            return perm
+        out: list[int] = []
+        chunk = self.batch_size * self.bucket
+        for start in range(0, self.n, chunk):
+            part = sorted(perm[start : start + chunk], key=lambda i: self.lengths[i])
+            batches = [part[k : k + self.batch_size] for k in range(0, len(part), self.batch_size)]
+            for b in torch.randperm(len(batches), generator=g).tolist():
+                out.extend(batches[b])
+        return out
 
     def next_indices(self) -> list[int]:
         """The next batch's example indices; a pass ends early rather than wrap."""

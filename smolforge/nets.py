@@ -82,6 +82,49 @@ def successors(net: str) -> set[str]:
     return out
 
 
+def parallel_step(net: str) -> str:
+    """Rewrite every redex at once. Redexes never overlap: a redex is (A|C)(B|D), and no
+    symbol is both a right half (B, D) and a left half (A, C)."""
+    out, i = [], 0
+    while i < len(net):
+        pair = net[i : i + 2]
+        if pair in _REWRITE:
+            out.append(_REWRITE[pair])
+            i += 2
+        else:
+            out.append(net[i])
+            i += 1
+    return "".join(out)
+
+
+def parallel_trace(net: str) -> list[str]:
+    """States from `net` to its normal form, one parallel pass per state."""
+    states = [net]
+    while not is_normal(states[-1]):
+        states.append(parallel_step(states[-1]))
+    return states
+
+
+def is_parallel_rewrite(prev: str, nxt: str) -> bool:
+    """True when `nxt` is `prev` with a non-empty set of its redexes rewritten at once."""
+    if prev == nxt:
+        return False
+    reachable = {0}  # positions j in nxt that prev[:i] can produce, for the current i
+    i = 0
+    while i < len(prev) and reachable:
+        pair = prev[i : i + 2]
+        keep = {j + 1 for j in reachable if j < len(nxt) and nxt[j] == prev[i]}
+        if pair in _REWRITE:
+            rep = _REWRITE[pair]
+            done = {j + len(rep) for j in reachable if nxt[j : j + len(rep)] == rep}
+            # keeping a redex's left half moves on by one; its right half starts no redex
+            reachable = {j + 1 for j in keep if j < len(nxt) and nxt[j] == prev[i + 1]} | done
+            i += 2
+        else:
+            reachable, i = keep, i + 1
+    return len(nxt) in reachable
+
+
 def max_steps(n: int) -> int:
     """The most rewrite steps any net of length n needs: floor(n^2 / 4)."""
     return n * n // 4

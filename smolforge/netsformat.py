@@ -5,8 +5,10 @@ one state, followed by ` =` when more steps follow, so the last line is the answ
 
     full: user "A D B"   assistant "D A B =\nD"       (every state after the input)
     step: user "A D B"   assistant "D A B ="          (one rewrite; evaluate iterates)
+    pass: user "A B C D" assistant "EMPTY"            (every redex at once; iterated)
 
-A net already in normal form answers with itself ("B A" -> "B A"), in both shapes.
+`full` and `step` follow a strategy (which redex first); `pass` needs none, since
+redexes never overlap. A net already in normal form answers with itself ("B A" -> "B A").
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Literal
 
 from smolforge import nets
 
-TraceShape = Literal["full", "step"]
+TraceShape = Literal["full", "step", "pass"]
 CONTINUES = " ="
 
 
@@ -38,14 +40,30 @@ def step_answer(state: str, strategy: nets.Strategy) -> str:
     return line(state if i < 0 else nets.rewrite_at(state, i))
 
 
+def pass_answer(state: str) -> str:
+    """The assistant text of the parallel-pass shape: the state after one pass."""
+    return line(nets.parallel_step(state))
+
+
+def reference_lines(net: str, shape: TraceShape, strategy: nets.Strategy) -> list[str]:
+    """The lines a perfect model writes for `net` (iterated shapes: one per round)."""
+    if shape == "pass":
+        states = nets.parallel_trace(net)
+        return [line(s) for s in states[1:]] if len(states) > 1 else [nets.to_text(net)]
+    return full_answer(net, strategy).split("\n")
+
+
 def examples(net: str, shape: TraceShape, strategy: nets.Strategy) -> Iterator[tuple[str, str]]:
-    """(user, assistant) pairs for one net: one for `full`, one per state for `step`
-    (including the final normal state, which teaches the model when to stop)."""
+    """(user, assistant) pairs for one net: one for `full`, one per state for `step` and
+    `pass` (including the final normal state, which teaches the model when to stop)."""
     if shape == "full":
         yield nets.to_text(net), full_answer(net, strategy)
-        return
-    for state in nets.trace(net, strategy):
-        yield nets.to_text(state), step_answer(state, strategy)
+    elif shape == "step":
+        for state in nets.trace(net, strategy):
+            yield nets.to_text(state), step_answer(state, strategy)
+    else:
+        for state in nets.parallel_trace(net):
+            yield nets.to_text(state), pass_answer(state)
 
 
 def messages(user: str, assistant: str) -> list[dict]:
@@ -65,14 +83,18 @@ class Verdict:
     states: list[str] = field(default_factory=list)
 
 
-def check_trace(net: str, lines: list[str], strategy: nets.Strategy, looped: bool) -> Verdict:
+def check_trace(
+    net: str, lines: list[str], shape: TraceShape, strategy: nets.Strategy, looped: bool
+) -> Verdict:
     """Judge the model's output lines for `net` with the exact reducer alone.
 
-    `lines` are the states the model wrote after the input (the `step` shape's iterated
-    outputs, or the `full` shape's lines); `looped` says decoding hit its step limit.
+    `lines` are the states the model wrote after the input (the iterated outputs of
+    `step` / `pass`, or the `full` shape's lines); `looped` says decoding hit its step
+    limit. A `pass` line may rewrite any non-empty set of redexes at once; the others
+    exactly one.
     """
     truth = nets.reduce(net)
-    reference = full_answer(net, strategy).split("\n")
+    reference = reference_lines(net, shape, strategy)
     states, failure, prev = [], None, net
     for i, text in enumerate(lines):
         body = text[: -len(CONTINUES)] if text.endswith(CONTINUES) else text
@@ -82,7 +104,8 @@ def check_trace(net: str, lines: list[str], strategy: nets.Strategy, looped: boo
             break
         states.append(state)
         identity = i == 0 and len(lines) == 1 and state == net and nets.is_normal(net)
-        if not identity and state not in nets.successors(prev):
+        legal = nets.is_parallel_rewrite(prev, state) if shape == "pass" else state in nets.successors(prev)
+        if not identity and not legal:
             failure = failure or "wrong_rewrite"
         prev = state
     answer = states[-1] if states and failure != "malformed" else None
@@ -90,7 +113,9 @@ def check_trace(net: str, lines: list[str], strategy: nets.Strategy, looped: boo
         failure = "looped"
     if failure is None and (answer is None or not nets.is_normal(answer)):
         failure = "stopped_early"
-    steps_ok = len(states) == max(truth.steps, 1)
+    # one rewrite a line, except `pass`, whose rewrites total truth.steps whenever every
+    # line is legal and the last is normal (all rewrite orders take the same steps)
+    steps_ok = shape == "pass" or len(states) == max(truth.steps, 1)
     correct = answer == truth.normal_form and failure != "looped"
     valid = failure is None and steps_ok and correct
     return Verdict(answer, correct, valid, lines == reference, failure, states)

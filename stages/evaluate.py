@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, items in sets.items():
         outputs = solve(model, tok, task, items, p.batch_size)
         verdicts = [
-            netsformat.check_trace(it["net"], lines, task["strategy"], looped)
+            netsformat.check_trace(it["net"], lines, task["trace"], task["strategy"], looped)
             for it, (lines, looped) in zip(items, outputs)
         ]
         results[name] = (items, verdicts)

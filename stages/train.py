@@ -39,6 +39,7 @@ class TrainParams:
     model: LlamaShape
     seed: int
     batch_size: int  # examples per micro-batch
+    length_buckets: int  # sort runs of this many batches by length (1: plain shuffle)
     grad_accum: int  # micro-batches per optimizer step
     lr: float  # peak learning rate
     min_lr: float  # cosine floor, reached at max_steps
@@ -57,6 +58,7 @@ class TrainParams:
         errors = []
         for name in (
             "batch_size",
+            "length_buckets",
             "grad_accum",
             "max_steps",
             "eval_every",
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             f"than the longest training example ({longest} tokens)"
         )
 
+    import numpy as np
     import torch
 
     from smolforge import model as model_lib
@@ -166,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     step, tokens_seen, elapsed = 0, 0, 0.0
     window_loss, window_targets = 0.0, 0  # loss summed since the last log line
     history: dict[str, list] = {"train": [], "val": []}
-    sampler = Sampler(len(train_split), p.batch_size, p.seed)
+    lengths = np.diff(train_split.offsets)
+    sampler = Sampler(len(train_split), p.batch_size, p.seed, lengths=lengths, bucket=p.length_buckets)
     state = checkpoint.load(args.state, fp)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -175,7 +179,14 @@ def main(argv: list[str] | None = None) -> None:
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]
         window_loss, window_targets = state["window_loss"], state["window_targets"]
         history = json.loads(state["history"])
-        sampler = Sampler(len(train_split), p.batch_size, p.seed, **state["data_position"])
+        sampler = Sampler(
+            len(train_split),
+            p.batch_size,
+            p.seed,
+            lengths=lengths,
+            bucket=p.length_buckets,
+            **state["data_position"],
+        )
         log.info("resumed from %s at step %d", args.state / checkpoint.CKPT, step)
 
     def save_state() -> None:

@@ -124,3 +124,21 @@ def test_eval_batches_order_and_limit():
     assert [b.input_ids[:, 0].tolist() for b in eval_batches(SPLIT, 5, PAD, limit=-1)] == [
         [10, 20, 30, 65_000]
     ]
+
+
+def test_length_buckets_cut_padding_but_keep_every_example_and_resume():
+    lengths = np.array([(i * 7919) % 40 + 1 for i in range(200)])
+    plain = Sampler(200, 8, seed=5)
+    bucketed = Sampler(200, 8, seed=5, lengths=lengths, bucket=5)
+    a, b = drain(plain, 25), drain(bucketed, 25)
+    assert sorted(i for x in b for i in x) == list(range(200))
+
+    def padded(batches):
+        return sum(len(x) * max(lengths[x]) for x in batches)
+
+    assert padded(b) < 0.75 * padded(a)
+    assert drain(Sampler(200, 8, seed=5, lengths=lengths, bucket=5), 25) == b  # deterministic
+    s = Sampler(200, 8, seed=5, lengths=lengths, bucket=5)
+    drain(s, 11)
+    resumed = Sampler(200, 8, seed=5, lengths=lengths, bucket=5, **s.position())
+    assert drain(resumed, 30) == drain(s, 30)

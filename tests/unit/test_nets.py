@@ -242,3 +242,45 @@ def test_sample_net_is_uniform_over_symbols():
     rng = random.Random(0)
     counts = Counter(nets.sample_net(rng, 4000))
     assert set(counts) == set("ABCD") and all(abs(c - 1000) < 150 for c in counts.values())
+
+
+# ---- parallel passes
+
+
+def _subset_rewrites(net: str) -> set[str]:
+    """Brute force: every result of rewriting a non-empty subset of the redexes."""
+    import itertools
+
+    idx = [i for i in range(len(net) - 1) if net[i : i + 2] in dict(nets.RULES)]
+    out = set()
+    for r in range(1, len(idx) + 1):
+        for sub in itertools.combinations(idx, r):
+            s, i = [], 0
+            while i < len(net):
+                if i in sub:
+                    s.append(dict(nets.RULES)[net[i : i + 2]])
+                    i += 2
+                else:
+                    s.append(net[i])
+                    i += 1
+            out.add("".join(s))
+    return out
+
+
+def test_is_parallel_rewrite_matches_brute_force_for_all_short_nets():
+    for n in range(6):
+        for net in nets.enumerate_nets(n):
+            legal = _subset_rewrites(net)
+            for m in range(n + 1):
+                for cand in nets.enumerate_nets(m):
+                    assert nets.is_parallel_rewrite(net, cand) == (cand in legal), (net, cand)
+
+
+def test_parallel_trace_reaches_the_normal_form_in_fewer_lines():
+    for n in range(9):
+        for net in nets.enumerate_nets(n):
+            states = nets.parallel_trace(net)
+            assert states[-1] == nets.reduce(net).normal_form
+            assert len(states) - 1 <= nets.reduce(net).steps
+            assert all(nets.is_parallel_rewrite(a, b) for a, b in zip(states, states[1:]))
+    assert len(nets.parallel_trace("A" * 10 + "D" * 10)) - 1 == 19  # vs 100 single rewrites

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smolforge import nets, netsformat
-from smolforge.netsformat import check_trace
+from smolforge.netsformat import check_trace, examples
 
 
 def reference(net: str, strategy: nets.Strategy = "leftmost") -> list[str]:
@@ -65,7 +65,7 @@ def verdict_tuple(v: netsformat.Verdict):
 @pytest.mark.parametrize("strategy", ["leftmost", "priority"])
 @pytest.mark.parametrize("net", ["ADB", "CAB", "ADAB", "BA", "", "AB", "CCBBAD"])
 def test_reference_trace_is_correct_valid_exact(net, strategy):
-    v = check_trace(net, reference(net, strategy), strategy, looped=False)
+    v = check_trace(net, reference(net, strategy), "full", strategy, looped=False)
     red = nets.reduce(net)
     assert verdict_tuple(v) == (red.normal_form, True, True, True, None)
     assert v.states == nets.trace(net, strategy)[1:] or (red.steps == 0 and v.states == [net])
@@ -76,60 +76,66 @@ def test_step_shape_outputs_check_like_full():
     net = "CCBBAD"
     lines = [netsformat.step_answer(s, "priority") for s in nets.trace(net, "priority")[:-1]]
     assert lines == reference(net, "priority")
-    assert check_trace(net, lines, "priority", looped=False).exact
+    assert check_trace(net, lines, "full", "priority", looped=False).exact
 
 
 def test_other_strategy_is_valid_and_correct_but_not_exact():
     net = "ADAB"
     other = reference(net, "priority")
     assert other != reference(net, "leftmost")
-    v = check_trace(net, other, "leftmost", looped=False)
+    v = check_trace(net, other, "full", "leftmost", looped=False)
     assert verdict_tuple(v) == ("DA", True, True, False, None)
 
 
 def test_wrong_rewrite():
     # A D B -> D B skips a state (not one legal rewrite), though it lands on the right answer
-    v = check_trace("ADB", ["D B =", "D"], "leftmost", looped=False)
+    v = check_trace("ADB", ["D B =", "D"], "full", "leftmost", looped=False)
     assert verdict_tuple(v) == ("D", True, False, False, "wrong_rewrite")
 
 
 def test_wrong_final_answer():
-    v = check_trace("ADB", ["D A B =", "B"], "leftmost", looped=False)
+    v = check_trace("ADB", ["D A B =", "B"], "full", "leftmost", looped=False)
     assert verdict_tuple(v) == ("B", False, False, False, "wrong_rewrite")
-    v = check_trace("ADB", ["EMPTY"], "leftmost", looped=False)
+    v = check_trace("ADB", ["EMPTY"], "full", "leftmost", looped=False)
     assert verdict_tuple(v) == ("", False, False, False, "wrong_rewrite")
 
 
 def test_stopped_early():
-    v = check_trace("ADB", ["D A B ="], "leftmost", looped=False)
+    v = check_trace("ADB", ["D A B ="], "full", "leftmost", looped=False)
     assert verdict_tuple(v) == ("DAB", False, False, False, "stopped_early")
-    v = check_trace("ADB", [], "leftmost", looped=False)
+    v = check_trace("ADB", [], "full", "leftmost", looped=False)
     assert verdict_tuple(v) == (None, False, False, False, "stopped_early")
 
 
 @pytest.mark.parametrize("bad", ["X", "", "D  A B =", "d a b", "D A B = ="])
 def test_malformed(bad):
-    v = check_trace("ADB", [bad, "D"], "leftmost", looped=False)
+    v = check_trace("ADB", [bad, "D"], "full", "leftmost", looped=False)
     assert verdict_tuple(v) == (None, False, False, False, "malformed")
-    assert check_trace("ADB", ["D A B =", bad], "leftmost", looped=False).failure == "malformed"
+    assert check_trace("ADB", ["D A B =", bad], "full", "leftmost", looped=False).failure == "malformed"
 
 
 def test_looped():
     # decoding hit the step limit: never correct, even when the lines so far are legal
-    v = check_trace("ADB", ["D A B ="], "leftmost", looped=True)
+    v = check_trace("ADB", ["D A B ="], "full", "leftmost", looped=True)
     assert verdict_tuple(v) == ("DAB", False, False, False, "looped")
-    v = check_trace("ADB", reference("ADB"), "leftmost", looped=True)
+    v = check_trace("ADB", reference("ADB"), "full", "leftmost", looped=True)
     assert verdict_tuple(v) == ("D", False, False, True, "looped")
 
 
 def test_repeated_state_is_a_wrong_rewrite_not_a_loop():
-    v = check_trace("ADB", ["D A B =", "D A B =", "D"], "leftmost", looped=True)
+    v = check_trace("ADB", ["D A B =", "D A B =", "D"], "full", "leftmost", looped=True)
     assert v.failure == "wrong_rewrite" and not v.valid
 
 
 def test_empty_answer():
-    assert verdict_tuple(check_trace("AB", ["EMPTY"], "leftmost", False)) == ("", True, True, True, None)
-    assert verdict_tuple(check_trace("CDAB", ["A B =", "EMPTY"], "priority", False)) == (
+    assert verdict_tuple(check_trace("AB", ["EMPTY"], "full", "leftmost", False)) == (
+        "",
+        True,
+        True,
+        True,
+        None,
+    )
+    assert verdict_tuple(check_trace("CDAB", ["A B =", "EMPTY"], "full", "priority", False)) == (
         "",
         True,
         True,
@@ -137,12 +143,39 @@ def test_empty_answer():
         None,
     )
     # a blank answer is not the empty net
-    assert check_trace("AB", [""], "leftmost", False).failure == "malformed"
+    assert check_trace("AB", [""], "full", "leftmost", False).failure == "malformed"
 
 
 def test_normal_net_identity_only_once():
-    assert check_trace("BA", ["B A"], "leftmost", False).valid
-    v = check_trace("BA", ["B A", "B A"], "leftmost", False)
+    assert check_trace("BA", ["B A"], "full", "leftmost", False).valid
+    v = check_trace("BA", ["B A", "B A"], "full", "leftmost", False)
     assert verdict_tuple(v) == ("BA", True, False, False, "wrong_rewrite")
     # a non-normal net cannot answer itself
-    assert check_trace("AD", ["A D"], "leftmost", False).failure == "wrong_rewrite"
+    assert check_trace("AD", ["A D"], "full", "leftmost", False).failure == "wrong_rewrite"
+
+
+# ---- the parallel-pass shape
+
+
+def test_pass_shape_rewrites_every_redex_at_once():
+    assert list(examples("ABCD", "pass", "priority")) == [("A B C D", "EMPTY"), ("EMPTY", "EMPTY")]
+    assert list(examples("AADD", "pass", "leftmost")) == [
+        ("A A D D", "A D A D ="),
+        ("A D A D", "D A D A ="),
+        ("D A D A", "D D A A"),
+        ("D D A A", "D D A A"),
+    ]
+
+
+def test_pass_verdicts():
+    ok = check_trace("AADD", ["A D A D =", "D A D A =", "D D A A"], "pass", "priority", looped=False)
+    assert ok.correct and ok.valid and ok.exact and ok.failure is None
+    # one redex at a time is a legal (if slower) parallel rewrite: valid, not exact
+    slow = check_trace("AADD", ["A D A D =", "D A A D =", "D A D A =", "D D A A"], "pass", "priority", False)
+    assert slow.correct and slow.valid and not slow.exact
+    # rewriting a pair that is no redex is wrong
+    bad = check_trace("AADD", ["D A D A =", "D D A A"], "pass", "priority", looped=False)
+    assert bad.failure == "wrong_rewrite" and not bad.valid
+    # the normal form itself, unchanged, is no rewrite at all
+    same = check_trace("AADD", ["A A D D =", "D D A A"], "pass", "priority", looped=False)
+    assert same.failure == "wrong_rewrite"
