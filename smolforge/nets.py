@@ -159,6 +159,41 @@ def sample_net(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(SYMBOLS) for _ in range(n))
 
 
+def _balanced(rng: random.Random, pairs: int, open_: str, close: str) -> list[str]:
+    """A random balanced sequence of `pairs` open/close symbols (a Dyck word)."""
+    out, depth, opens, closes = [], 0, pairs, pairs
+    while opens or closes:
+        if opens and (depth == 0 or rng.random() < opens / (opens + closes)):
+            out.append(open_)
+            depth, opens = depth + 1, opens - 1
+        else:
+            out.append(close)
+            depth, closes = depth - 1, closes - 1
+    return out
+
+
+def sample_vanishing_net(rng: random.Random, n: int) -> str:
+    """A net of even length n whose normal form is empty.
+
+    A net vanishes when its A/B symbols alone form a balanced sequence (A opens, B
+    closes) and so do its C/D symbols: B passes left through C and D through A until
+    each meets its partner. Such nets are rare under uniform sampling (about 0.08% at
+    length 20), so they are built: two balanced sequences, randomly interleaved.
+    """
+    ab = rng.randint(0, n // 2)
+    first, second = _balanced(rng, ab, "A", "B"), _balanced(rng, n // 2 - ab, "C", "D")
+    out, i, j = [], 0, 0
+    while i < len(first) or j < len(second):
+        left_a, left_c = len(first) - i, len(second) - j
+        if left_a and rng.random() < left_a / (left_a + left_c):
+            out.append(first[i])
+            i += 1
+        else:
+            out.append(second[j])
+            j += 1
+    return "".join(out)
+
+
 class SplitSampler:
     """Draws nets for several splits so that no net lands in two of them.
 
@@ -225,13 +260,21 @@ class SplitSampler:
             raise ValueError(f"split {split}: found too few length-{n} nets with steps {missing}")
         return [net for k in sorted(buckets) for net in buckets[k]]
 
-    def train(self, count: int, lengths: range) -> list[str]:
-        """`count` nets with uniform lengths, skipping any net a held-out split owns."""
+    def train(self, count: int, lengths: range, vanishing_share: float = 0.0) -> list[str]:
+        """`count` nets with uniform lengths, skipping any net a held-out split owns.
+
+        A `vanishing_share` of them are drawn among nets whose normal form is empty
+        (even lengths only), so that the model meets the empty answer often enough.
+        """
         out: list[str] = []
+        even = [n for n in lengths if n % 2 == 0 and n > 0]
         while len(out) < count:
-            n = self.rng.choice(lengths)
+            vanish = bool(even) and self.rng.random() < vanishing_share
+            n = self.rng.choice(even if vanish else lengths)
+            draw = sample_vanishing_net if vanish else sample_net
             # redraw within the length, so held-out nets do not skew the length mix
-            while (net := sample_net(self.rng, n)) in self.owner:
-                pass
-            out.append(net)
+            for _ in range(10_000):
+                if (net := draw(self.rng, n)) not in self.owner:
+                    out.append(net)
+                    break
         return out

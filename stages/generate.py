@@ -31,6 +31,7 @@ class GenerateParams:
     seed: int
     train_lengths: list[int]  # [min, max], inclusive
     n_train: int
+    train_vanishing_share: float  # share of training nets built to reduce to the empty net
     n_val: int
     n_test: int
     max_heldout_share: float  # at most this share of all nets of a length is held out
@@ -45,6 +46,8 @@ class GenerateParams:
         lo_hi = self.train_lengths
         if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
             errors.append(f"train_lengths: expected [min, max] with 1 <= min <= max, got {lo_hi}")
+        if not 0 <= self.train_vanishing_share <= 1:
+            errors.append("train_vanishing_share: expected a share between 0 and 1")
         if not 0 < self.max_heldout_share < 1:
             errors.append("max_heldout_share: expected a share strictly between 0 and 1")
         for name in ("n_train", "n_val", "n_test", "n_ood", "stratified_per_steps"):
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         splits["val"] = sampler.heldout("val", p.n_val, lengths)
     except ValueError as e:
         raise StageError(f"params.yaml: generate: {e}") from None
-    splits["train"] = sampler.train(p.n_train, lengths)
+    splits["train"] = sampler.train(p.n_train, lengths, p.train_vanishing_share)
 
     # ---- write
     counts = {}

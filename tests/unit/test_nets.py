@@ -284,3 +284,23 @@ def test_parallel_trace_reaches_the_normal_form_in_fewer_lines():
             assert len(states) - 1 <= nets.reduce(net).steps
             assert all(nets.is_parallel_rewrite(a, b) for a, b in zip(states, states[1:]))
     assert len(nets.parallel_trace("A" * 10 + "D" * 10)) - 1 == 19  # vs 100 single rewrites
+
+
+def test_vanishing_nets_reduce_to_nothing_and_cover_both_pair_kinds():
+    rng = random.Random(3)
+    seen = set()
+    for n in range(0, 23, 2):
+        for _ in range(200):
+            net = nets.sample_vanishing_net(rng, n)
+            assert len(net) == n and nets.reduce(net).normal_form == ""
+            seen.add(net)
+    assert {"AB", "CD", "ACDB", "CABD"} <= seen  # interleavings, not just concatenations
+
+
+def test_train_split_draws_the_requested_vanishing_share():
+    sampler = nets.SplitSampler(seed=1, max_heldout_share=0.5)
+    sampler.heldout("test", 200, range(1, 13))
+    train = sampler.train(4000, range(1, 13), vanishing_share=0.2)
+    vanishing = sum(nets.reduce(t).normal_form == "" for t in train) / len(train)
+    assert 0.17 < vanishing < 0.26  # 20% built + the few uniform nets that vanish anyway
+    assert not set(train) & set(sampler.owner)
