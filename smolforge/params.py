@@ -132,7 +132,7 @@ def _convert_dataclass(value: Any, cls: Any, where: str, errors: list[str]) -> A
         return None
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    kwargs, n_errors = {}, len(errors)
     for key in value:
         if key not in hints:
             close = difflib.get_close_matches(str(key), names, n=1)
@@ -147,6 +147,6 @@ def _convert_dataclass(value: Any, cls: Any, where: str, errors: list[str]) -> A
         return None
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
-    if check is not None and not errors:
+    if check is not None and len(errors) == n_errors:  # its own fields are sound (siblings may not be)
         errors.extend(f"{where}.{msg}" for msg in check())
     return obj

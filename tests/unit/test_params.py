@@ -140,6 +140,17 @@ def test_outer_check_hook_runs(tmp_path):
     assert problems(e) == ["train.learning_rate: expected > 0"]
 
 
+def test_a_nested_check_runs_beside_a_sibling_problem(tmp_path):
+    text = GOOD.replace("n_heads: 4", "n_heads: 5").replace("seed: 1234", "seed: x")
+    with pytest.raises(StageError) as e:
+        load_params("train", TrainSection, write(tmp_path, text))
+    # the model's own fields are sound, so its check runs; the outer check waits for a clean section
+    assert problems(e) == [
+        "train.seed: expected int, got 'x'",
+        "train.model.dim: expected a multiple of n_heads",
+    ]
+
+
 def test_nested_section_must_be_a_mapping(tmp_path):
     text = GOOD.replace("  model:\n    dim: 64\n    n_heads: 4\n", "  model: 64\n")
     with pytest.raises(StageError) as e:
