@@ -16,19 +16,18 @@ A page that is not fetched raises `FetchError` with a short `reason` (a metrics 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import requests
 import urllib3
 
 from smolforge.httpcache import HttpCache
+from smolforge.retry import GaveUp, Transient, next_wait, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +57,6 @@ class FetchError(Exception):
     def __init__(self, reason: str, detail: str, *, skipped: bool = False, status: int | None = None):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.skipped, self.status = reason, detail, skipped, status
-
-
-class _Transient(Exception):
-    """A failure worth another attempt; `wait` is the server's Retry-After in seconds."""
-
-    def __init__(self, reason: str, detail: str, wait: float | None = None):
-        super().__init__(detail)
-        self.reason, self.detail, self.wait = reason, detail, wait
 
 
 @dataclass(frozen=True)
@@ -185,15 +176,11 @@ class Fetcher:
         for attempt in range(p.max_retries + 1):
             try:
                 return self._once(url, html_only)
-            except _Transient as e:
-                if e.wait is not None and e.wait > p.max_wait_s:
-                    raise FetchError(
-                        "retry_after_too_long",
-                        f"{e.detail}, Retry-After {e.wait:g} s > max_wait_s {p.max_wait_s:g}",
-                    ) from None
-                if attempt == p.max_retries:
-                    raise FetchError(e.reason, f"{e.detail} ({attempt + 1} attempts)") from None
-                wait = e.wait if e.wait is not None else min(p.backoff_s * 2**attempt, p.backoff_max_s)
+            except Transient as e:
+                try:
+                    wait = next_wait(e, attempt, p)
+                except GaveUp as g:
+                    raise FetchError(g.reason, g.detail) from None
                 log.info("%s: %s; retry %d/%d in %.1f s", url, e.detail, attempt + 1, p.max_retries, wait)
                 self.stats.retries += 1
                 self._wait(wait)
@@ -230,7 +217,7 @@ class Fetcher:
                     return _Answer(200, entry.content_type, body, from_cache=True)
                 return self._answer(url, key, resp, html_only, start)
         except requests.RequestException as e:
-            raise _Transient(*_classify(e)) from None
+            raise Transient(*_classify(e)) from None
         finally:
             self._last[site] = self._clock()
 
@@ -240,7 +227,7 @@ class Fetcher:
             return _Answer(status, location=resp.headers.get("Location"))
         if status == 429 or status >= 500:
             reason = "http_429" if status == 429 else "http_5xx"
-            raise _Transient(reason, f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+            raise Transient(reason, f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
         if status not in (200, 203):
             reason = "http_4xx" if 400 <= status < 500 else "http_other"
             raise FetchError(reason, f"HTTP {status}", status=status)
@@ -266,14 +253,14 @@ class Fetcher:
             try:
                 chunk = resp.raw.read1(_CHUNK, decode_content=True)
             except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
-                raise _Transient(*_classify(e)) from None
+                raise Transient(*_classify(e)) from None
             if not chunk:
                 return bytes(buf)
             buf += chunk
             if len(buf) > p.max_bytes:
                 raise FetchError("too_large", f"more than max_bytes {p.max_bytes:,}", skipped=True)
             if self._clock() - start > p.max_page_s:
-                raise _Transient("timeout", f"response slower than max_page_s {p.max_page_s:g} s")
+                raise Transient("timeout", f"response slower than max_page_s {p.max_page_s:g} s")
 
 
 def _classify(e: BaseException) -> tuple[str, str]:
@@ -283,22 +270,6 @@ def _classify(e: BaseException) -> tuple[str, str]:
         return "timeout", f"timed out ({type(e).__name__})"
     message = re.sub(r" object at 0x[0-9a-f]+", "", str(e))  # no memory addresses in meta.json
     return "connection", f"{type(e).__name__}: {message[:200]}"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _looks_like_html(body: bytes) -> bool:

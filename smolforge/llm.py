@@ -13,7 +13,6 @@ an answer that concerns every request (401, 403, 404: wrong key, URL or model) r
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
@@ -23,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -31,6 +29,7 @@ import openai
 
 from smolforge.llmcache import RequestCache, Response
 from smolforge.log import progress
+from smolforge.retry import GaveUp, Transient, next_wait, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +108,6 @@ class EndpointError(Exception):
     """An answer that no retry or other request can change (wrong key, URL or model)."""
 
 
-class _Transient(Exception):
-    def __init__(self, reason: str, detail: str, wait: float | None = None):
-        super().__init__(detail)
-        self.reason, self.detail, self.wait = reason, detail, wait
-
-
 @dataclass
 class AskStats:
     """What asking cost; varies with the cache and the server, so it is not a stage output."""
@@ -167,15 +160,11 @@ class Client:
                 raise RequestFailed("cancelled", "the client was closed")
             try:
                 return self._once(req)
-            except _Transient as e:
-                if e.wait is not None and e.wait > p.max_wait_s:
-                    raise RequestFailed(
-                        "retry_after_too_long",
-                        f"{e.detail}, Retry-After {e.wait:g} s > max_wait_s {p.max_wait_s:g}",
-                    ) from None
-                if attempt == p.max_retries:
-                    raise RequestFailed(e.reason, f"{e.detail} ({attempt + 1} attempts)") from None
-                wait_s = e.wait if e.wait is not None else min(p.backoff_s * 2**attempt, p.backoff_max_s)
+            except Transient as e:
+                try:
+                    wait_s = next_wait(e, attempt, p)
+                except GaveUp as g:
+                    raise RequestFailed(g.reason, g.detail) from None
                 log.info("%s; retry %d/%d in %.1f s", e.detail, attempt + 1, p.max_retries, wait_s)
                 with self._lock:
                     self.stats.retries += 1
@@ -203,11 +192,11 @@ class Client:
         except openai.APIStatusError as e:
             raise _status_error(e, self.base_url) from None
         except openai.APITimeoutError:
-            raise _Transient("timeout", f"no answer within timeout_s {self.policy.timeout_s:g}") from None
+            raise Transient("timeout", f"no answer within timeout_s {self.policy.timeout_s:g}") from None
         except openai.APIConnectionError as e:
-            raise _Transient("connection", f"{type(e.__cause__ or e).__name__}: {self.base_url}") from None
+            raise Transient("connection", f"{type(e.__cause__ or e).__name__}: {self.base_url}") from None
         except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as e:
-            raise _Transient("bad_response", f"malformed answer ({type(e).__name__})") from None
+            raise Transient("bad_response", f"malformed answer ({type(e).__name__})") from None
 
 
 def _response(out: Any, chat: bool) -> Response:
@@ -235,7 +224,7 @@ def _status_error(e: openai.APIStatusError, base_url: str) -> Exception:
         return EndpointError(f"HTTP 404 from {base_url}: wrong base_url, or the server has no such model")
     if code == 429 or code >= 500:
         reason = "http_429" if code == 429 else "http_5xx"
-        return _Transient(reason, f"HTTP {code}", _retry_after(e.response.headers))
+        return Transient(reason, f"HTTP {code}", _retry_after(e.response.headers))
     return RequestFailed("http_4xx", f"HTTP {code}: {str(e.message)[:200]}")
 
 
@@ -247,20 +236,7 @@ def _retry_after(headers: Any) -> float | None:
             return max(0.0, float(ms) / 1000)
     except ValueError:
         pass
-    value = (headers.get("retry-after") or "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def ask_all(

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from smolforge.crawl import Robots
-from smolforge.fetch import Fetcher, FetchError, FetchPolicy, _retry_after
+from smolforge.fetch import Fetcher, FetchError, FetchPolicy
 from smolforge.httpcache import HttpCache
+from smolforge.retry import parse_retry_after as _retry_after
 from tests.httpfixtures import (
     free_port,
     html,
