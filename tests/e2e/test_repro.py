@@ -109,6 +109,12 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     second = sh(repo, "dvc", "repro")
     assert ran(second) == set() and "up to date" in second
 
+    # every stage is deterministic: forcing a full rerun reproduces dvc.lock exactly
+    lock = (repo / "dvc.lock").read_text()
+    forced = sh(repo, "dvc", "repro", "-f")
+    assert len(ran(forced)) == len(ran(first))
+    assert (repo / "dvc.lock").read_text() == lock
+
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny run")
     exp = sh(repo, "dvc", "exp", "run", "-S", "train.nets.lr=2e-3")
