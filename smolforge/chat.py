@@ -48,3 +48,144 @@ def template(style: ChatStyle) -> str:
     if style != "plain":
         raise ValueError(f"unknown chat style {style!r}")
     return _PLAIN_TEMPLATE
+
+
+# ---------------------------------------------------------------- styles for real models
+#
+# Every style below is a Jinja chat template, and training text is rendered *from the
+# template* (see `segments`), so HF `apply_chat_template`, llama.cpp (the template travels
+# in the GGUF) and `smolforge.chatcli` build a prompt exactly as training did. Styles:
+#
+#   template      the base tokenizer's own template (SmolLM2: <|im_start|>role\n...<|im_end|>)
+#   human_bot     nanoChatGPT:  <human> ... <endOfText>\n<bot> ... <endOfText>\n
+#   chat_builder  chat-builder: ~ term\n= student line\n# teacher line\n
+#   task_tags     NanoPhi:      User: [Tag] ...\nBot: [Tag] ...<eot>\n
+#   plain         as above (the nets model): <s>user\nassistant</s>
+#
+# Templates may read two extra variables: `term` (chat-builder's key term; format passes
+# a conversation's word) and `tag` (NanoPhi's task tag; default Chat).
+
+RealStyle = Literal["template", "human_bot", "chat_builder", "task_tags", "plain"]
+
+_STYLE_TEMPLATES = {
+    "plain": _PLAIN_TEMPLATE,
+    "human_bot": (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '<human> ' + message['content'] + ' <endOfText>\n' }}"
+        "{% else %}{{ '<bot> ' + message['content'] + ' <endOfText>\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<bot>' }}{% endif %}"
+    ),
+    "chat_builder": (
+        "{% if term is defined and term %}{{ '~ ' + term + '\n' }}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '= ' + message['content'] + '\n' }}"
+        "{% else %}{{ '# ' + message['content'] + '\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '#' }}{% endif %}"
+    ),
+    "task_tags": (
+        "{% set t = tag if tag is defined and tag else 'Chat' %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ 'User: [' + t + '] ' + message['content'] + '\n' }}"
+        "{% else %}{{ 'Bot: [' + t + '] ' + message['content'] + '<eot>\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'Bot: [' + t + ']' }}{% endif %}"
+    ),
+}
+
+# What ends an assistant turn besides EOS: generation stops at the first of these.
+STOP_WORDS: dict[str, list[str]] = {
+    "template": [],
+    "plain": [],
+    "human_bot": ["<endOfText>", "<human>"],
+    "chat_builder": ["\n"],
+    "task_tags": ["<eot>", "\nUser:"],
+}
+
+
+def style_template(style: str, base_template: str | None = None) -> str:
+    """The Jinja template of `style`; `template` is the base tokenizer's own."""
+    if style == "template":
+        if not base_template:
+            raise ValueError("chat style 'template' needs a tokenizer that has a chat template")
+        return base_template
+    if style not in _STYLE_TEMPLATES:
+        raise ValueError(f"unknown chat style {style!r} (known: template, {', '.join(_STYLE_TEMPLATES)})")
+    return _STYLE_TEMPLATES[style]
+
+
+def _environment():
+    # the same settings as transformers' apply_chat_template, so both render identically
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def render_text(
+    template: str,
+    messages: list[dict],
+    bos: str,
+    eos: str,
+    add_generation_prompt: bool = False,
+    **extra,
+) -> str:
+    """`messages` rendered by a Jinja chat template, as `apply_chat_template` would."""
+    if template not in _COMPILED:
+        _COMPILED[template] = _environment().from_string(template)
+    return _COMPILED[template].render(
+        messages=messages,
+        bos_token=bos,
+        eos_token=eos,
+        add_generation_prompt=add_generation_prompt,
+        **extra,
+    )
+
+
+def segments(
+    template: str, messages: list[dict], bos: str, eos: str, loss_on: str = "assistant", **extra
+) -> list[Segment]:
+    """Training segments of one conversation, cut out of the template's own rendering.
+
+    Each turn's text is the difference between the rendering of the messages up to it
+    and up to the turn before; an assistant turn is split where the generation prompt
+    ends, so the header the prompt already holds is never trained on. This needs a
+    template whose renderings extend each other (all common ones do); one that doesn't
+    is refused rather than trained on text inference would never build.
+    """
+    out: list[Segment] = []
+    prev = ""
+
+    def take(text: str, loss: bool, what: str) -> None:
+        nonlocal prev
+        if not text.startswith(prev):
+            raise ValueError(f"chat template does not extend the earlier turns' text at {what}")
+        if len(text) > len(prev):
+            out.append((text[len(prev) :], loss))
+        prev = text
+
+    for k, m in enumerate(messages):
+        if m["role"] == "assistant":
+            header = render_text(template, messages[:k], bos, eos, add_generation_prompt=True, **extra)
+            take(header, loss_on == "all", f"the generation prompt before message {k}")
+        turn = render_text(template, messages[: k + 1], bos, eos, **extra)
+        take(turn, m["role"] == "assistant" or loss_on == "all", f"message {k} ({m['role']})")
+    return out
+
+
+def completion(title: str, text: str, style: str, bos: str, eos: str) -> list[Segment]:
+    """A document as completion text (every token trained): title, blank line, body, EOS.
+
+    NanoPhi's style tags it `[Textbook]`; the plain style starts with BOS like its chats.
+    """
+    head = f"[Textbook] {title}\n" if style == "task_tags" else f"{title}\n\n"
+    start = bos if style == "plain" else ""
+    return [(start + head + text + eos, True)]

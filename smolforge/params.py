@@ -98,6 +98,9 @@ def _convert(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:  # `X | None` with a value: X's own errors say what is wrong
+            return _convert(value, others[0], where, errors)
         for arg in args:
             if arg is type(None):
                 continue

@@ -1,4 +1,8 @@
-"""Stage evaluate: measure how well a nets model reduces nets, with the exact reducer.
+"""Stage evaluate: measure what a model learned.
+
+The model's smolforge.json names its task. A `chat` model is measured on held-out data
+and a fixed prompt set, against its base (see `evaluate_chat` below). A `nets` model is
+measured on how well it reduces nets, with the exact reducer:
 
 Reads the HF model directory (train's OUT; its smolforge.json names the trace shape and
 strategy) and either generate's folder (test, ood, stratified12) or any JSONL file of
@@ -14,6 +18,9 @@ Writes METRICS (JSON), PLOT (accuracy by length, CSV) and OUT/predictions.jsonl 
 net with the model's lines and the verdict).
 
 Run by hand:
+    python -m stages.evaluate --model chat --hf models/chat/hf --in data/pretokenize/chat \
+        --metrics metrics/evaluate/chat.json --plot metrics/evaluate/chat_val_loss.csv \
+        --out data/evaluate/chat
     python -m stages.evaluate --model nets --hf models/nets/hf --in data/generate \
         --metrics metrics/evaluate/nets.json --plot metrics/evaluate/nets_by_length.csv \
         --out data/evaluate/nets
@@ -44,6 +51,20 @@ class EvaluateParams:
     batch_size: int
     threads: int
     max_test: int  # evaluate at most this many nets per set (<= 0: all)
+
+
+@dataclass(frozen=True)
+class ChatEvaluateParams:
+    batch_size: int
+    threads: int
+    max_new_tokens: int  # per answer to a fixed prompt
+    prompts: list[str]  # user turns answered by the base and the finetune, side by side
+
+    def check(self) -> list[str]:
+        errors = [
+            f"{k}: expected >= 1" for k in ("batch_size", "threads", "max_new_tokens") if getattr(self, k) < 1
+        ]
+        return errors + ([] if self.prompts else ["prompts: expected at least one prompt"])
 
 
 def read_nets(path: Path, stage: str | None) -> list[dict]:
@@ -145,8 +166,62 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument(f"--{name}", type=Path, required=True)
     args = ap.parse_args(argv)
     log = setup("evaluate")
-    p = load_params(f"evaluate.{args.model}", EvaluateParams, args.params)
+    sidecar = args.hf / "smolforge.json"
+    if not (args.hf / "config.json").is_file() or not sidecar.is_file():
+        raise StageError(f"{args.hf}: not a trained model directory {produced_by('train')}")
+    info = json.loads(sidecar.read_text())
+    if info.get("task", {}).get("task") == "chat":
+        p = load_params(f"evaluate.{args.model}", ChatEvaluateParams, args.params)
+        evaluate_chat(args, p, info, log)
+    else:
+        evaluate_nets(args, load_params(f"evaluate.{args.model}", EvaluateParams, args.params), log)
 
+
+def evaluate_chat(args, p: ChatEvaluateParams, info: dict, log) -> None:
+    """Validation loss of the finetune and of its base on the same held-out tokens, and
+    both models' answers to a fixed prompt set (OUT/answers.md, a readable table)."""
+    from smolforge import chateval
+    from smolforge.io import read_meta
+    from smolforge.tokens import read_split
+
+    # ---- load and check every input first
+    meta = read_meta(args.src, "pretokenize", versions=(1,))
+    if meta.get("tokenizer_sha256") != info.get("tokenizer_sha256"):
+        raise StageError(
+            f"{args.src}/meta.json: tokenizer differs from the one {args.hf} was trained with "
+            f"{produced_by('pretokenize')}"
+        )
+    val = read_split(args.src, "val", meta)
+    if len(val) == 0:
+        raise StageError(f"{args.src}/val.idx: no validation examples {produced_by('pretokenize')}")
+    train_params = info.get("train_params", {})
+    base = train_params.get("base") if train_params.get("init") in ("lora", "full") else None
+
+    # ---- measure the finetune, then its base, one model in memory at a time
+    t0 = time.perf_counter()
+    result = chateval.measure(args.hf, base, val, meta, p, info["task"])
+    metrics = chateval.summary(result, meta)
+    write_json(args.metrics, metrics)
+    with atomic_file(args.plot) as f:
+        f.write("example,base_loss,finetune_loss,targets\n")
+        for i, row in enumerate(result.per_example):
+            base_loss = "" if row.base is None else f"{row.base:.6g}"
+            f.write(f"{i},{base_loss},{row.finetune:.6g},{row.targets}\n")
+    with atomic_dir(args.out) as tmp:
+        write_jsonl(tmp / "answers.jsonl", result.answers)
+        (tmp / "answers.md").write_text(chateval.answers_table(result.answers), encoding="utf-8")
+    log.info(
+        "val loss %.4f (ppl %.2f) vs base %s on %d tokens; %d prompts answered (%.0f s)",
+        metrics["val_loss"],
+        metrics["val_perplexity"],
+        f"{metrics['base_val_loss']:.4f}" if base else "-",
+        metrics["val_targets"],
+        len(result.answers),
+        time.perf_counter() - t0,
+    )
+
+
+def evaluate_nets(args, p: EvaluateParams, log) -> None:
     # ---- load and check every input first
     if args.src.is_dir():
         sets = {

@@ -16,7 +16,9 @@ Writes OUT/conversations.jsonl and OUT/qa.jsonl, one chat record a line:
 
     {"id", "source": "synthesize", "task", "about": word or document id, "messages": [...]}
 
-and OUT/meta.json. CACHE/requests.jsonl keeps every answer received (see
+OUT/documents.jsonl passes scrape's documents through unchanged, so that the chat
+model's format stage reads one corpus folder (essays as completion text, the rest as
+chat); and OUT/meta.json. CACHE/requests.jsonl keeps every answer received (see
 smolforge/llmcache.py): a rerun asks only for requests it has no answer to, and the
 output is rebuilt from it, the same whichever way an answer came. METRICS gets the
 counts and yields, TIMING what varies by run (requests made, cache hits, tokens/s).
@@ -153,12 +155,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- load and check: everything that can fail does so before any request or write
     words = synthtasks.read_words(c.words) if "conversations" in p.tasks else []
-    docs = []
-    if "qa" in p.tasks:
-        read_meta(args.scrape, "scrape", [1])
-        docs = read_jsonl(args.scrape / "pages.jsonl", "scrape", required=("id", "title", "text"))
+    # the documents are passed through whatever the tasks: format@chat reads this one folder
+    read_meta(args.scrape, "scrape", [1])
+    docs = read_jsonl(args.scrape / "pages.jsonl", "scrape", required=("id", "title", "text"))
     endpoint = Endpoint(p)
-    chunks = synthtasks.plan_chunks(q, docs)
+    chunks = synthtasks.plan_chunks(q, docs if "qa" in p.tasks else [])
 
     # ---- ask: from the cache where it can, else the server; answers need the questions first
     t0, stats = time.monotonic(), AskStats()
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.out) as tmp:
         write_jsonl(tmp / "conversations.jsonl", conversations)
         write_jsonl(tmp / "qa.jsonl", qa)
+        write_jsonl(tmp / "documents.jsonl", docs)
         write_json(tmp / "meta.json", {**meta, "counts": counts})
     write_json(args.metrics, counts)
     timing = {

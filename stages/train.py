@@ -1,8 +1,13 @@
-"""Stage train: train a Llama from scratch on pretokenized data.
+"""Stage train: train a Llama from scratch, or finetune a pretrained one, on pretokenized data.
+
+`init` picks the start: `scratch` (a fresh Llama of shape `model`), `lora` (adapters on
+a pretrained `base`, see smolforge/basemodel.py) or `full` (every weight of `base`). The
+loop, resume, metrics and curves are the same for all three.
 
 Reads TOKENS (pretokenize's folder) and writes:
     OUT/            HF model directory (config.json, model.safetensors, tokenizer files,
-                    chat template, smolforge.json with the task fields evaluate needs)
+                    chat template, smolforge.json with the task fields evaluate needs);
+                    for `lora` the merged model, and the adapter alone in OUT/adapter/
     STATE/ckpt.pt   resumable state (a rerun after a crash continues from it)
     METRICS         final figures; TIMING: speed figures (kept apart: they vary by run)
     TRAIN_CURVE, VAL_CURVE   loss tables for `dvc plots`
@@ -34,9 +39,27 @@ from smolforge.params import load_params
 
 
 @dataclass(frozen=True)
+class LoraParams:
+    r: int  # adapter rank
+    alpha: float  # scale alpha / r on the adapter's output
+    dropout: float  # on the adapter's input, training only
+    target_modules: list[str]  # HF Llama module names, e.g. q_proj, v_proj
+
+    def check(self) -> list[str]:
+        errors = [] if self.r >= 1 else [f"r: expected >= 1, got {self.r}"]
+        if not 0 <= self.dropout < 1:
+            errors.append(f"dropout: expected 0 <= dropout < 1, got {self.dropout}")
+        if not self.target_modules:
+            errors.append("target_modules: expected at least one module name")
+        return errors
+
+
+@dataclass(frozen=True)
 class TrainParams:
-    init: Literal["scratch"]
-    model: LlamaShape
+    init: Literal["scratch", "lora", "full"]
+    model: LlamaShape | None  # scratch: the architecture (null for lora / full)
+    base: str | None  # lora / full: the pretrained model (null for scratch)
+    lora: LoraParams | None  # lora: the adapters (null otherwise)
     seed: int
     batch_size: int  # examples per micro-batch
     length_buckets: int  # sort runs of this many batches by length (1: plain shuffle)
@@ -72,6 +95,12 @@ class TrainParams:
             errors.append("min_lr: expected 0 <= min_lr <= lr")
         if len(self.betas) != 2:
             errors.append("betas: expected [beta1, beta2]")
+        needs = {"scratch": ["model"], "lora": ["base", "lora"], "full": ["base"]}[self.init]
+        for name in ("model", "base", "lora"):
+            if name in needs and getattr(self, name) is None:
+                errors.append(f"{name}: init {self.init} needs it (it is null)")
+            if name not in needs and getattr(self, name) is not None:
+                errors.append(f"{name}: init {self.init} does not use it; set it to null")
         return errors
 
 
@@ -81,32 +110,6 @@ def lr_at(step: int, p: TrainParams) -> float:
         return p.lr * (step + 1) / p.warmup_steps
     frac = (step - p.warmup_steps) / max(1, p.max_steps - p.warmup_steps)
     return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * min(frac, 1.0)))
-
-
-def loss_sum(model, batch):
-    """Summed cross-entropy over the batch's targets (the caller divides by the count)."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=batch.input_ids).logits  # (B, T, V)
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), reduction="sum"
-    )
-
-
-def evaluate_loss(model, split, p: TrainParams, pad_id: int) -> float:
-    """Mean target-token loss over the fixed validation batches."""
-    import torch
-
-    from smolforge.data import eval_batches
-
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in eval_batches(split, p.batch_size, pad_id, p.eval_examples):
-            total += loss_sum(model, batch).item()
-            count += batch.n_targets
-    model.train()
-    return total / max(count, 1)
 
 
 def write_curve(path: Path, header: str, rows: list[list]) -> None:
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(train_split) == 0:
         raise StageError(f"{args.tokens}/train.idx: no training examples {produced_by('pretokenize')}")
     longest = int(max(train_split.offsets[1:] - train_split.offsets[:-1]))
-    if longest > p.model.max_seq_len:
+    if p.model is not None and longest > p.model.max_seq_len:
         raise StageError(
             f"params.yaml: train.{args.model}.model.max_seq_len {p.model.max_seq_len} is shorter "
             f"than the longest training example ({longest} tokens)"
@@ -144,16 +147,29 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
+    from smolforge import finetune, validation
     from smolforge import model as model_lib
     from smolforge.data import Sampler, collate
 
     torch.set_num_threads(p.threads)
-    config = model_lib.llama_config(
-        p.model, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"]
-    )
-    model = model_lib.build(config, p.seed)
-    decay = [q for q in model.parameters() if q.dim() >= 2]
-    no_decay = [q for q in model.parameters() if q.dim() < 2]
+    if p.init == "scratch":
+        config = model_lib.llama_config(
+            p.model, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"]
+        )
+        model = model_lib.build(config, p.seed)
+    else:
+        model = finetune.load_base(p.base, meta, args.tokens)
+        if p.init == "lora":
+            model = finetune.add_lora(model, p.lora, p.seed)
+        limit = getattr(model.config, "max_position_embeddings", longest)
+        if longest > limit:
+            raise StageError(
+                f"{args.tokens}: an example of {longest} tokens exceeds the base's context {limit}"
+            )
+        torch.manual_seed(p.seed)  # adapter dropout draws from here
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    decay = [q for q in trainable if q.dim() >= 2]
+    no_decay = [q for q in trainable if q.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=p.lr,
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     sampler = Sampler(len(train_split), p.batch_size, p.seed, lengths=lengths, bucket=p.length_buckets)
     state = checkpoint.load(args.state, fp)
     if state is not None:
-        model.load_state_dict(state["model"])
+        finetune.load_trainable(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]
@@ -194,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             args.state,
             {
                 "fingerprint": fp,
-                "model": model.state_dict(),
+                "model": finetune.trainable_state(model),
                 "optimizer": opt.state_dict(),
                 "rng": torch.get_rng_state(),
                 "step": step,
@@ -208,7 +224,20 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     n_params = model_lib.n_params(model)
-    log.info("model: %s parameters; %s training examples", f"{n_params:,}", f"{len(train_split):,}")
+    n_trainable = sum(q.numel() for q in trainable)
+    log.info(
+        "model: %s parameters (%s trained, init %s); %s training examples",
+        f"{n_params:,}",
+        f"{n_trainable:,}",
+        p.init,
+        f"{len(train_split):,}",
+    )
+    if p.init != "scratch" and not history["val"]:
+        # a finetune's curve starts at the base model's validation loss
+        history["val"].append(
+            [0, validation.mean_loss(model, val_split, p.batch_size, meta["pad_id"], p.eval_examples)]
+        )
+        log.info("step 0/%d | val loss %.4f (the base model)", p.max_steps, history["val"][0][1])
 
     # ---- train
     model.train()
@@ -221,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         batches = [collate(train_split, sampler.next_indices(), meta["pad_id"]) for _ in range(p.grad_accum)]
         n_targets = sum(b.n_targets for b in batches)
         for batch in batches:
-            loss = loss_sum(model, batch) / n_targets  # mean over the whole step's targets
+            loss = validation.loss_sum(model, batch) / n_targets  # mean over the whole step's targets
             loss.backward()
             window_loss += loss.item() * n_targets
         if p.grad_clip > 0:
@@ -252,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             window_loss, window_targets = 0.0, 0
             window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
         if step % p.eval_every == 0 or step == p.max_steps:
-            val_loss = evaluate_loss(model, val_split, p, meta["pad_id"])
+            val_loss = validation.mean_loss(model, val_split, p.batch_size, meta["pad_id"], p.eval_examples)
             history["val"].append([step, val_loss])
             log.info("step %d/%d | val loss %.4f", step, p.max_steps, val_loss)
         if step % p.checkpoint_every == 0 or step == p.max_steps:
@@ -261,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     # ---- write the HF directory, metrics and curves
     with atomic_dir(args.out) as tmp:
         model.generation_config.pad_token_id = meta["pad_id"]
-        model.save_pretrained(tmp)
+        finetune.save(model, p.init, tmp)
         tokenizer.load(args.tokens / "tokenizer").save_pretrained(tmp)
         write_json(
             tmp / "smolforge.json",
@@ -281,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
             "steps": step,
             "tokens_seen": tokens_seen,
             "n_params": n_params,
+            "n_trainable": n_trainable,
+            **({"base_val_loss": round(history["val"][0][1], 6)} if p.init != "scratch" else {}),
         },
     )
     write_json(

@@ -102,3 +102,78 @@ def listing(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with its own tokenizer and chat template, saved as an HF dir."""
+    from tests.fixtures.chat_corpus import write_tiny_base
+
+    return write_tiny_base(tmp_path_factory.mktemp("tiny_base") / "base")
+
+
+def point_chat_at(params: Path, base: Path) -> None:
+    """Make the chat model of a params file finetune `base` (and tokenize with it)."""
+    import yaml
+
+    data = yaml.safe_load(params.read_text())
+    data["format"]["chat"]["tokenizer"] = str(base)
+    data["pretokenize"]["chat"]["base"] = str(base)
+    data["train"]["chat"]["base"] = str(base)
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_run(tmp_path_factory, tiny_base) -> dict[str, Path]:
+    """format -> pretokenize -> train (LoRA on the tiny base) for the chat model, once."""
+    from stages import format as format_stage
+    from stages import pretokenize, train
+    from tests.fixtures.chat_corpus import write_synthesize_dir
+
+    d = tmp_path_factory.mktemp("tiny_chat_run")
+    params = d / "params.yaml"
+    shutil.copy(TINY_PARAMS, params)
+    point_chat_at(params, tiny_base)
+    m = d / "metrics"
+    paths = {
+        "dir": d,
+        "params": params,
+        "base": tiny_base,
+        "synthesize": write_synthesize_dir(d / "data/synthesize"),
+        "format": d / "data/format/chat",
+        "tokens": d / "data/pretokenize/chat",
+        "hf": d / "models/chat/hf",
+        "state": d / "models/chat/state",
+        "metrics": m,
+    }
+    io = ["--params", str(params), "--model", "chat"]
+    format_stage.main(
+        [
+            *io,
+            "--in",
+            str(paths["synthesize"]),
+            "--out",
+            str(paths["format"]),
+            "--metrics",
+            str(m / "format.json"),
+        ]
+    )
+    pretokenize.main(
+        [
+            *io,
+            "--in",
+            str(paths["format"]),
+            "--out",
+            str(paths["tokens"]),
+            "--metrics",
+            str(m / "pretokenize.json"),
+        ]
+    )
+    train.main(chat_train_argv(params, paths, m))
+    return paths
+
+
+def chat_train_argv(params: Path, paths: dict, m: Path) -> list[str]:
+    argv = train_argv(params, paths, m)
+    argv[argv.index("nets")] = "chat"
+    return argv

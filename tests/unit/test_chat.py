@@ -72,3 +72,85 @@ def test_template_tokens_equal_segment_tokens(hf_tok):
     ]
     assert list(ids) == seg_ids
     assert ids[0] == hf_tok.bos_token_id and ids[-1] == hf_tok.eos_token_id
+
+
+# ---------------------------------------------------------------- template-rendered styles
+
+CHAT = [
+    {"role": "system", "content": "You are the author."},
+    {"role": "user", "content": "Why small tools?"},
+    {"role": "assistant", "content": "You can read all of one."},
+    {"role": "user", "content": "And old ones?"},
+    {"role": "assistant", "content": "Their flaws are known."},
+]
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def styled_tok():
+    texts = ["<human> <bot> <endOfText> User: Bot: [Chat] <eot> = # ~"] + [m["content"] for m in CHAT]
+    return tokenizer.to_hf(tokenizer.train_byte_bpe(texts * 5, 300), CHATML)
+
+
+@pytest.mark.parametrize("style", ["plain", "human_bot", "chat_builder", "task_tags", "template"])
+@pytest.mark.parametrize("n_turns", [3, 5])
+def test_segments_join_to_what_apply_chat_template_renders(styled_tok, style, n_turns):
+    template = chat.style_template(style, CHATML)
+    styled_tok.chat_template = template
+    messages = CHAT[:n_turns]
+    segs = chat.segments(template, messages, "<s>", "</s>", term="tool", tag="QA")
+    whole = styled_tok.apply_chat_template(messages, tokenize=False, term="tool", tag="QA")
+    assert "".join(t for t, _ in segs) == whole
+    # the prompt for the last answer is exactly the untrained text before it
+    prompt = styled_tok.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True, term="tool", tag="QA"
+    )
+    trained_last = [t for t, m in segs if m][-1]
+    assert whole == prompt + trained_last
+    assert messages[-1]["content"] in trained_last
+
+
+def test_only_assistant_text_is_trained_and_headers_are_not():
+    segs = chat.segments(chat.style_template("template", CHATML), CHAT[:3], "", "")
+    trained = [t for t, m in segs if m]
+    assert trained == ["You can read all of one.<|im_end|>\n"]
+    assert ("<|im_start|>assistant\n", False) in segs
+
+
+def test_loss_on_all_trains_every_turn_but_keeps_the_text():
+    a = chat.segments(chat.style_template("human_bot"), CHAT, "", "", loss_on="assistant")
+    b = chat.segments(chat.style_template("human_bot"), CHAT, "", "", loss_on="all")
+    assert [t for t, _ in a] == [t for t, _ in b] and all(m for _, m in b)
+
+
+def test_style_extras_term_and_tag():
+    cb = chat.segments(chat.style_template("chat_builder"), CHAT[1:3], "", "", term="tool")
+    assert "".join(t for t, _ in cb) == "~ tool\n= Why small tools?\n# You can read all of one.\n"
+    tt = chat.segments(chat.style_template("task_tags"), CHAT[1:3], "", "")
+    assert (
+        "".join(t for t, _ in tt)
+        == "User: [Chat] Why small tools?\nBot: [Chat] You can read all of one.<eot>\n"
+    )
+
+
+def test_a_template_whose_turns_do_not_extend_each_other_is_refused():
+    # renders the last message only: earlier turns vanish from the text
+    bad = "{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}"
+    with pytest.raises(ValueError, match="does not extend"):
+        chat.segments(bad, CHAT[1:3], "", "")
+
+
+def test_template_style_needs_a_tokenizer_template():
+    with pytest.raises(ValueError, match="needs a tokenizer that has a chat template"):
+        chat.style_template("template", None)
+    with pytest.raises(ValueError, match="unknown chat style 'chatml'"):
+        chat.style_template("chatml")
+
+
+def test_completion_keeps_the_title_and_ends_with_eos():
+    assert chat.completion("T", "body", "template", "<s>", "</s>") == [("T\n\nbody</s>", True)]
+    assert chat.completion("T", "body", "plain", "<s>", "</s>") == [("<s>T\n\nbody</s>", True)]
+    assert chat.completion("T", "body", "task_tags", "", "E") == [("[Textbook] T\nbodyE", True)]
