@@ -2,10 +2,18 @@
 
 Reads format's OUT (train.jsonl, val.jsonl, meta.json) and writes OUT/:
 
-    tokenizer/            HF tokenizer files with the chat template inside
+    tokenizer/            HF tokenizer files with the chat template inside (sentencepiece
+                          also leaves its tokenizer.model there)
     {train,val}.{bin,idx,mask}   see smolforge/tokens.py
-    meta.json             vocab size, dtype, token counts, tokenizer hash, and the task
-                          fields format recorded (trace shape, strategy, chat style)
+    meta.json             backend, vocab size, dtype, token counts, tokenizer hash, and the
+                          task fields format recorded (trace shape, strategy, chat style)
+
+The tokenizer backend is `pretokenize.<model>.tokenizer` (smolforge/tokenizer.py): the
+base model's own, or one trained on the training split only (sentencepiece, byte_bpe),
+or an offline tiktoken encoding. Each segment is tokenized on its own (so loss masks
+follow segment edges); `segment_boundary_mismatches` in the metrics counts examples
+where that differs from tokenizing the whole text (0 unless a token would straddle an
+edge). An example that starts with BOS twice is refused.
 
 Run by hand:
     python -m stages.pretokenize --model nets --in data/format/nets \
@@ -19,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from smolforge import tokenizer, tokens
-from smolforge.cli import StageError, run
+from smolforge import chat, tokenizer, tokens
+from smolforge.cli import StageError, produced_by, run
 from smolforge.io import atomic_dir, read_jsonl, read_meta, write_json
 from smolforge.log import setup
 from smolforge.params import load_params
@@ -28,15 +36,45 @@ from smolforge.params import load_params
 FORMAT_VERSION = tokens.FORMAT_VERSION
 
 
+# which optional fields each backend needs; the others must be null
+_NEEDS = {
+    "base": ("base",),
+    "sentencepiece": ("vocab_size",),
+    "tiktoken": ("encoding",),
+    "byte_bpe": ("vocab_size",),
+}
+# 256 byte tokens + specials (sentencepiece adds <unk>) + at least one more token
+_MIN_VOCAB = {"byte_bpe": 260, "sentencepiece": 261}
+
+
 @dataclass(frozen=True)
 class PretokenizeParams:
-    tokenizer: Literal["byte_bpe"]
-    vocab_size: int  # upper bound; training stops early when no merge is left
+    tokenizer: Literal["base", "sentencepiece", "tiktoken", "byte_bpe"]
+    base: str | None  # base: embedded, a .gguf file, an HF model directory or a hub id
+    vocab_size: int | None  # sentencepiece, byte_bpe: upper bound; training stops early when no merge is left
+    encoding: str | None  # tiktoken: an encoding that ships offline
 
     def check(self) -> list[str]:
-        if not 260 <= self.vocab_size <= 2**20:
-            return [f"vocab_size: expected 260..{2**20} (256 bytes + specials + merges)"]
-        return []
+        needs = _NEEDS[self.tokenizer]
+        problems = []
+        for name in ("base", "vocab_size", "encoding"):
+            value = getattr(self, name)
+            if name in needs and value is None:
+                problems.append(f"{name}: required for tokenizer {self.tokenizer}")
+            elif name not in needs and value is not None:
+                users = ", ".join(k for k, v in _NEEDS.items() if name in v)
+                problems.append(f"{name}: must be null for tokenizer {self.tokenizer} (used by {users})")
+        low = _MIN_VOCAB.get(self.tokenizer, 0)
+        if "vocab_size" in needs and self.vocab_size is not None and not low <= self.vocab_size <= 2**20:
+            problems.append(f"vocab_size: expected {low}..{2**20} (256 bytes + specials + merges)")
+        if (
+            "encoding" in needs
+            and self.encoding is not None
+            and self.encoding not in tokenizer.OFFLINE_ENCODINGS
+        ):
+            known = ", ".join(tokenizer.OFFLINE_ENCODINGS)
+            problems.append(f"encoding: {self.encoding!r} does not ship offline (known: {known})")
+        return problems
 
 
 def read_segments(path: Path) -> list[list[tuple[str, bool]]]:
@@ -71,6 +109,38 @@ def encode(hf_tok, examples: list[list[tuple[str, bool]]]) -> list[tuple[list[in
     return out
 
 
+def check_double_bos(encoded: dict[str, list], paths: dict[str, Path], hf_tok) -> None:
+    """Refuse examples whose ids start with BOS twice (a template that adds BOS to text
+    that already has one); the message names the first one's file and line."""
+    bos = hf_tok.bos_token_id
+    if bos is None:
+        return
+    bad = [
+        (name, i) for name, exs in encoded.items() for i, (ids, _) in enumerate(exs) if ids[:2] == [bos, bos]
+    ]
+    if bad:
+        name, i = bad[0]
+        raise StageError(
+            f"{paths[name]}:{i + 1}: example starts with BOS {hf_tok.bos_token!r} twice "
+            f"({len(bad)} example(s) do) {produced_by('format')}"
+        )
+
+
+def boundary_mismatches(hf_tok, examples, encoded, path: Path, log) -> int:
+    """Examples whose segment-wise ids differ from the ids of their whole text."""
+    whole = hf_tok(["".join(t for t, _ in ex) for ex in examples], add_special_tokens=False)["input_ids"]
+    bad = [i for i, (ids, (seg_ids, _)) in enumerate(zip(whole, encoded)) if ids != seg_ids]
+    if bad:
+        log.warning(
+            "%s: %d example(s) tokenize differently segment by segment than as a whole (first: line %d); "
+            "a token straddles a segment edge there",
+            path,
+            len(bad),
+            bad[0] + 1,
+        )
+    return len(bad)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -84,24 +154,40 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- load and check
     fmeta = read_meta(args.src, "format", versions=(1,))
-    splits = {name: read_segments(args.src / f"{name}.jsonl") for name in ("train", "val")}
+    paths = {name: args.src / f"{name}.jsonl" for name in ("train", "val")}
+    splits = {name: read_segments(path) for name, path in paths.items()}
 
-    # ---- tokenizer: trained on the training split only
-    train_texts = ("".join(t for t, _ in ex) for ex in splits["train"])
-    hf_tok = tokenizer.to_hf(tokenizer.train_byte_bpe(train_texts, p.vocab_size), fmeta["chat_template"])
-    vocab_size = len(hf_tok)
+    # ---- tokenizer: trained ones learn from the training split only
+    train_texts = ["".join(t for t, _ in ex) for ex in splits["train"]]
+    # format records the BOS/EOS strings it rendered (chat); nets renders smolforge.chat's
+    specials = tokenizer.Specials(fmeta.get("bos") or chat.BOS, fmeta.get("eos") or chat.EOS, chat.PAD)
+    built = tokenizer.build(
+        p.tokenizer,
+        train_texts,
+        fmeta.get("chat_template"),
+        specials,
+        base=p.base,
+        vocab_size=p.vocab_size,
+        encoding=p.encoding,
+    )
+    hf_tok = built.hf
+    vocab_size = tokenizer.n_vocab(hf_tok)
     dtype = tokens.token_dtype(vocab_size)
 
-    # ---- encode and write
+    # ---- encode and check the ids before writing anything
+    encoded = {name: encode(hf_tok, exs) for name, exs in splits.items()}
+    check_double_bos(encoded, paths, hf_tok)
+    mismatches = sum(boundary_mismatches(hf_tok, splits[n], encoded[n], paths[n], log) for n in splits)
+
+    # ---- write
     with atomic_dir(args.out) as tmp:
-        hf_tok.save_pretrained(tmp / "tokenizer")
-        counts = {
-            name: tokens.write_split(tmp, name, encode(hf_tok, exs), dtype) for name, exs in splits.items()
-        }
+        tokenizer.save(built, tmp / "tokenizer")
+        counts = {name: tokens.write_split(tmp, name, encoded[name], dtype) for name in splits}
         meta = {
             "format_version": FORMAT_VERSION,
             "produced_by": "pretokenize",
             "tokenizer": p.tokenizer,
+            **{k: v for k, v in (("base", p.base), ("encoding", p.encoding)) if v is not None},
             "tokenizer_sha256": tokenizer.file_hash(tmp / "tokenizer"),
             "vocab_size": vocab_size,
             "dtype": dtype.name,
@@ -112,13 +198,17 @@ def main(argv: list[str] | None = None) -> None:
             "task": {k: fmeta[k] for k in ("task", "trace", "strategy", "chat_style") if k in fmeta},
         }
         write_json(tmp / "meta.json", meta)
-    write_json(args.metrics, {"vocab_size": vocab_size, "counts": counts})
+    write_json(
+        args.metrics, {"vocab_size": vocab_size, "counts": counts, "segment_boundary_mismatches": mismatches}
+    )
     log.info(
-        "vocab %d; train %s tokens in %s examples, val %s tokens",
+        "%s tokenizer, vocab %d; train %s tokens in %s examples, val %s tokens; %d segment-boundary mismatches",
+        p.tokenizer,
         vocab_size,
         f"{counts['train']['n_tokens']:,}",
         f"{counts['train']['n_examples']:,}",
         f"{counts['val']['n_tokens']:,}",
+        mismatches,
     )
 
 

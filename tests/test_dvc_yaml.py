@@ -72,7 +72,7 @@ EXPANDED = [(base, name, spec) for base, s in DVC["stages"].items() for name, sp
 
 def test_the_eight_stages_in_order():
     assert list(DVC["stages"]) == STAGES
-    assert len(EXPANDED) == 8  # one model (nets) so far
+    assert len(EXPANDED) == 3 + 5 * 2  # generate, scrape, synthesize; five stages per model
 
 
 def test_each_stage_runs_its_own_script_and_declares_its_whole_section():

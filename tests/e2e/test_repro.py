@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ("data/", "models/", "metrics/", "dvc.lock")  # the default run's products
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+PER_MODEL = ("format", "pretokenize", "train", "convert", "evaluate")
 
 
 def sh(cwd: Path, *cmd: str) -> str:
@@ -66,11 +67,7 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
         "generate",
         "scrape",
         "synthesize",
-        "format@nets",
-        "pretokenize@nets",
-        "train@nets",
-        "convert@nets",
-        "evaluate@nets",
+        *(f"{stage}@{model}" for stage in PER_MODEL for model in ("nets", "chat")),
     }
 
     scraped = json.loads((repo / "metrics/scrape.json").read_text())
@@ -105,6 +102,15 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(repo / "models/nets/hf"))
+
+    # the chat model: a LoRA finetune of the real embedded SmolLM2, converted and evaluated
+    chat_ev = json.loads((repo / "metrics/evaluate/chat.json").read_text())
+    assert chat_ev["val_targets"] > 0 and chat_ev["prompts"] == 2
+    assert chat_ev["val_loss"] < chat_ev["base_val_loss"]  # even 4 small steps lower it
+    chat_conv = json.loads((repo / "metrics/convert/chat.json").read_text())
+    assert chat_conv["f16"]["top1_agreement"] >= 0.95
+    assert (repo / "models/chat/gguf/Modelfile").is_file()
+    assert (repo / "data/evaluate/chat/answers.md").is_file()
 
     second = sh(repo, "dvc", "repro")
     assert ran(second) == set() and "up to date" in second

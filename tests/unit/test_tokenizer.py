@@ -1,4 +1,5 @@
-"""smolforge.tokenizer: byte-level BPE on net text, byte fallback, determinism, HF save/load, GGUF parts."""
+"""smolforge.tokenizer: byte-level BPE on net text, byte fallback, determinism, HF save/load, GGUF parts,
+the specials format renders, unused ids, the base backend (other backends: test_tokenizer_backends.py)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,39 @@ def test_file_hash_identifies_the_vocab(tmp_path, texts, tok):
     assert len(h1) == 64
     assert save(tmp_path / "b", tokenizer.train_byte_bpe(texts, VOCAB)) == h1
     assert save(tmp_path / "c", tokenizer.train_byte_bpe(texts, VOCAB - 6)) != h1
+
+
+def test_byte_bpe_takes_the_specials_format_rendered(texts):
+    specials = ["<|im_start|>", "<|im_end|>", "<pad>"]
+    chatml = [t.replace("<s>", specials[0]).replace("</s>", specials[1]) for t in texts]
+    tok = tokenizer.train_byte_bpe(chatml, VOCAB, specials)
+    n = tok.get_vocab_size()
+    assert [tok.token_to_id(s) for s in specials] == [n - 3, n - 2, n - 1]
+    assert n == 256 + N_MERGES + 3  # the same merges: specials are not merge material
+
+
+def test_n_vocab_counts_unused_ids():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    # ids 0, 1 and 5: a tokenizer with holes (as cl100k has) needs 6 embedding rows
+    raw = Tokenizer(models.BPE({"a": 0, "b": 1, "ab": 5}, [("a", "b")]))
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw)
+    assert len(hf) == 3 and tokenizer.n_vocab(hf) == 6
+    assert tokenizer.byte_bpe_parts(hf)["tokens"] == ["a", "b", None, None, None, "ab"]
+
+
+def test_base_backend_sets_the_template_and_a_pad(monkeypatch, tok):
+    """A base without a pad token gets EOS as pad; format's template replaces its own."""
+    from smolforge import basemodel
+
+    def load_tokenizer(base):
+        assert base == "some/base"
+        return tokenizer.to_hf(tok, "{{ 'own' }}", tokenizer.Specials(pad=None))
+
+    monkeypatch.setattr(basemodel, "load_tokenizer", load_tokenizer)
+    built = tokenizer.build("base", [], chat.template("plain"), tokenizer.Specials(), base="some/base")
+    assert built.hf.pad_token == chat.EOS and built.hf.chat_template == chat.template("plain")
+    assert built.files == {}
+    kept = tokenizer.build("base", [], None, tokenizer.Specials(), base="some/base").hf
+    assert kept.chat_template == "{{ 'own' }}"
