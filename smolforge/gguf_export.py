@@ -11,9 +11,11 @@ chat template travel inside the file.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,8 +64,9 @@ class Source:
 
     model: Any  # transformers LlamaForCausalLM, float32, eval mode
     tokenizer: Any  # transformers fast tokenizer
-    pre: str  # llama.cpp pre-tokenizer name (tokenizer.ggml.pre)
+    pre: str | None  # llama.cpp pre-tokenizer name (tokenizer.ggml.pre); None for sentencepiece
     name: str  # general.name
+    chat: dict = field(default_factory=dict)  # stop words and persona training used (smolforge.json)
 
 
 @dataclass
@@ -85,6 +88,11 @@ class Parity:
     top1_agreement: float  # share of positions whose argmax token is the same
     tokenizer_match: float  # share of texts tokenized to the same ids
     n_positions: int
+    # exp(mean next-token loss) over the target positions (see target_positions); None
+    # when no example has a position to score (every example a single token)
+    perplexity: float | None = None
+    hf_perplexity: float | None = None
+    n_loss_tokens: int = 0
 
 
 # ---------------------------------------------------------------- loading
@@ -100,7 +108,10 @@ def load_source(hf_dir: Path | str, name: str | None = None) -> Source:
     model.eval()
     check_config(model.config)
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
-    return Source(model, tok, pre_tokenizer_name(tok), name or hf_dir.name)
+    sidecar = hf_dir / "smolforge.json"
+    task = json.loads(sidecar.read_text()).get("task", {}) if sidecar.is_file() else {}
+    chat = {k: task[k] for k in ("stop", "system") if k in task}
+    return Source(model, tok, pre_tokenizer_name(tok), name or hf_dir.name, chat)
 
 
 def check_config(config) -> None:
@@ -130,32 +141,20 @@ def rope_theta(config) -> float:
     return float(theta)
 
 
-# GPT-2's split regex as HF's ByteLevel(use_regex=True) applies it; llama.cpp runs the
-# same regex for these pre names (llama-vocab.cpp: "gpt-2" -> LLAMA_VOCAB_PRE_TYPE_GPT2,
-# "smollm" -> the same regex after splitting off single digits).
-_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-_DIGITS = {"type": "Digits", "individual_digits": True}
-
-
-def pre_tokenizer_name(hf_tokenizer) -> str:
-    """The `tokenizer.ggml.pre` whose llama.cpp regex equals this tokenizer's pre-tokenizer."""
+def pre_tokenizer_name(hf_tokenizer) -> str | None:
+    """The `tokenizer.ggml.pre` of a byte-level BPE (see smolforge.gguf_vocab); None for a
+    sentencepiece-style tokenizer (llama.cpp model "llama"), which has none."""
     import json
 
-    spec = json.loads(hf_tokenizer.backend_tokenizer.to_str())
-    if spec.get("normalizer") is not None:
-        kind = spec["normalizer"].get("type")
-        raise ExportError(f"tokenizer has a {kind} normalizer; llama.cpp's gpt2 tokenizer has none")
-    pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    from smolforge import gguf_vocab
 
-    def same(step: dict, want: dict) -> bool:
-        return all(step.get(k) == v for k, v in want.items())
-
-    if len(steps) == 1 and same(steps[0], _BYTE_LEVEL):
-        return "gpt-2"
-    if len(steps) == 2 and same(steps[0], _DIGITS) and same(steps[1], _BYTE_LEVEL):
-        return "smollm"
-    raise ExportError(f"pre-tokenizer {pre} has no llama.cpp equivalent this exporter knows")
+    model = json.loads(hf_tokenizer.backend_tokenizer.to_str())["model"]
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return None
+    try:
+        return gguf_vocab.pre_tokenizer_name(hf_tokenizer)
+    except gguf_vocab.VocabError as e:
+        raise ExportError(str(e)) from None
 
 
 # ---------------------------------------------------------------- tensors
@@ -253,6 +252,11 @@ def _add_model_metadata(w: gguf.GGUFWriter, src: Source, file_type: str) -> None
     w.add_rope_freq_base(rope_theta(cfg))
     w.add_rope_dimension_count(head_dim)
     w.add_vocab_size(cfg.vocab_size)
+    # what smolforge.talk needs to chat like training did: stop words (JSON) and persona
+    if "stop" in src.chat:
+        w.add_string("smolforge.stop", json.dumps(src.chat["stop"]))
+    if src.chat.get("system"):
+        w.add_string("smolforge.system", src.chat["system"])
     if head_dim * cfg.num_attention_heads != cfg.hidden_size:
         # llama.cpp assumes hidden / heads unless told
         w.add_key_length(head_dim)
@@ -260,33 +264,13 @@ def _add_model_metadata(w: gguf.GGUFWriter, src: Source, file_type: str) -> None
 
 
 def _add_tokenizer(w: gguf.GGUFWriter, src: Source) -> None:
-    from smolforge.tokenizer import byte_bpe_parts
+    # byte-level BPE, sentencepiece or tiktoken: smolforge.gguf_vocab writes any of them
+    from smolforge import gguf_vocab
 
-    tok, n_vocab = src.tokenizer, src.model.config.vocab_size
-    parts = byte_bpe_parts(tok)
-    tokens = parts["tokens"]
-    if any(t is None for t in tokens) or len(tokens) > n_vocab:
-        raise ExportError(f"tokenizer ids are not 0..{n_vocab - 1} without holes ({len(tokens)} tokens)")
-    types = [gguf.TokenType.CONTROL if t in parts["special"] else gguf.TokenType.NORMAL for t in tokens]
-    # embedding rows beyond the tokenizer (padded vocab) get placeholder tokens llama.cpp ignores
-    pad = [f"[PAD{i}]" for i in range(len(tokens), n_vocab)]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(src.pre)
-    w.add_token_list(tokens + pad)
-    w.add_token_types(types + [gguf.TokenType.UNUSED] * len(pad))
-    w.add_token_merges(parts["merges"])
-    for token_id, add in (
-        (tok.bos_token_id, w.add_bos_token_id),
-        (tok.eos_token_id, w.add_eos_token_id),
-        (tok.pad_token_id, w.add_pad_token_id),
-    ):
-        if token_id is not None:
-            add(token_id)
-    # BOS comes from the chat template / the token files, never from the tokenizer
-    w.add_add_bos_token(False)
-    w.add_add_eos_token(False)
-    if tok.chat_template:
-        w.add_chat_template(tok.chat_template)
+    try:
+        gguf_vocab.add_vocab(w, src.tokenizer, src.model.config.vocab_size, pre=src.pre)
+    except gguf_vocab.VocabError as e:
+        raise ExportError(str(e)) from None
 
 
 def _add_tensors(w: gguf.GGUFWriter, model, file_type: str) -> ExportReport:
@@ -313,17 +297,61 @@ def check_parity(
     texts: list[str],
     n_threads: int,
     seed: int = 0,
+    masks: list[list[int]] | None = None,
 ) -> Parity:
-    """Run llama.cpp on the GGUF file and HF on `src` with the same ids and texts.
+    """Run llama.cpp on one GGUF file and HF on `src` with the same ids and texts
+    (see `check_parities`)."""
+    return check_parities({"": gguf_path}, src, sequences, texts, n_threads, seed, masks)[""]
+
+
+def check_parities(
+    gguf_paths: Mapping[str, Path | str],
+    src: Source,
+    sequences: list[list[int]],
+    texts: list[str],
+    n_threads: int,
+    seed: int = 0,
+    masks: list[list[int]] | None = None,
+) -> dict[str, Parity]:
+    """Run llama.cpp on each GGUF file and HF on `src` with the same ids and texts.
 
     Token ids go straight to llama.cpp (`eval`), bypassing its tokenizer, so the logit
-    comparison and the tokenizer comparison fail independently.
+    comparison and the tokenizer comparison fail independently. HF's float32 forward is
+    the slow half, so it runs once per sequence for all files. `masks` (one 0/1 per
+    token as the token files hold them, 1 = trained target) choose the positions whose
+    loss makes the perplexities; without them every position after the first counts.
     """
+    masks = masks if masks is not None else [[1] * len(s) for s in sequences]
+    n_ctx = max([len(s) for s in sequences] + [8])
+    llms: dict[str, Any] = {}
+    try:
+        for key, path in gguf_paths.items():
+            llms[key] = _open_llama(path, n_ctx, n_threads, seed)
+        tallies = {key: _Tally() for key in llms}
+        hf_nll = []
+        for ids, mask in zip(sequences, masks, strict=True):
+            if not ids:
+                continue
+            ref = _hf_logits(src.model, ids)
+            targets = target_positions(mask)
+            hf_nll.append(token_nll(ref, ids, targets))
+            for key, llm in llms.items():
+                tallies[key].add(_llama_logits(llm, ids), ref, ids, targets)
+        hf_ppl, _ = perplexity(hf_nll)
+        return {
+            key: tallies[key].parity(tokenizer_agreement(llm, src.tokenizer, texts), hf_ppl)
+            for key, llm in llms.items()
+        }
+    finally:
+        for llm in llms.values():
+            llm.close()
+
+
+def _open_llama(path: Path | str, n_ctx: int, n_threads: int, seed: int):
     from llama_cpp import Llama
 
-    n_ctx = max([len(s) for s in sequences] + [8])
-    llm = Llama(
-        model_path=str(gguf_path),
+    return Llama(
+        model_path=str(path),
         n_ctx=n_ctx,
         n_batch=n_ctx,
         logits_all=True,
@@ -333,30 +361,62 @@ def check_parity(
         type_k=0,
         type_v=0,  # GGML_TYPE_F32 KV cache: the default F16 cache alone costs ~1e-2 in logits
     )
-    try:
-        diff, agree, n_pos = _logit_parity(llm, src.model, sequences)
-        match = tokenizer_agreement(llm, src.tokenizer, texts)
-    finally:
-        llm.close()
-    return Parity(diff, agree, match, n_pos)
 
 
-def _logit_parity(llm, model, sequences: list[list[int]]) -> tuple[float, float, int]:
+def _llama_logits(llm, ids: list[int]) -> np.ndarray:
+    """(T, vocab) float32 logits of every position, copied out of llama.cpp's buffer."""
+    llm.reset()
+    llm.eval(list(ids))
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def _hf_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 
-    max_diff, n_same, n_pos = 0.0, 0, 0
-    for ids in sequences:
-        if not ids:
-            continue
-        llm.reset()
-        llm.eval(list(ids))
-        ours = np.asarray(llm.scores[: len(ids)], dtype=np.float32)  # (T, vocab)
-        with torch.inference_mode():
-            ref = model(torch.tensor([list(ids)], dtype=torch.long)).logits[0].float().numpy()
-        max_diff = max(max_diff, float(np.abs(ours - ref).max()))
-        n_same += int((ours.argmax(-1) == ref.argmax(-1)).sum())
-        n_pos += len(ids)
-    return max_diff, (n_same / n_pos if n_pos else 0.0), n_pos
+    with torch.inference_mode():
+        return model(torch.tensor([list(ids)], dtype=torch.long)).logits[0].float().numpy()
+
+
+@dataclass
+class _Tally:
+    """One GGUF file's running comparison with HF over the sequences seen so far."""
+
+    max_diff: float = 0.0
+    n_same: int = 0
+    n_pos: int = 0
+    nll: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, ours: np.ndarray, ref: np.ndarray, ids: list[int], targets: np.ndarray) -> None:
+        self.max_diff = max(self.max_diff, float(np.abs(ours - ref).max()))
+        self.n_same += int((ours.argmax(-1) == ref.argmax(-1)).sum())
+        self.n_pos += len(ids)
+        self.nll.append(token_nll(ours, ids, targets))
+
+    def parity(self, tokenizer_match: float, hf_perplexity: float | None) -> Parity:
+        ppl, n_loss = perplexity(self.nll)
+        agree = self.n_same / self.n_pos if self.n_pos else 0.0
+        return Parity(self.max_diff, agree, tokenizer_match, self.n_pos, ppl, hf_perplexity, n_loss)
+
+
+def target_positions(mask: list[int] | np.ndarray) -> np.ndarray:
+    """Positions t >= 1 whose token is a trained target (mask 1), each predicted from
+    position t - 1; every t >= 1 when the example has none (e.g. an untrained prompt)."""
+    t = np.flatnonzero(np.asarray(mask, dtype=bool)[1:]) + 1
+    return t if len(t) else np.arange(1, len(mask))
+
+
+def token_nll(logits: np.ndarray, ids: list[int], targets: np.ndarray) -> np.ndarray:
+    """Next-token loss in nats at each target position: logits (T, vocab), ids (T,)."""
+    rows = logits[targets - 1].astype(np.float64)  # (n_targets, vocab): position t-1 predicts t
+    top = rows.max(axis=-1)
+    log_z = top + np.log(np.exp(rows - top[:, None]).sum(axis=-1))
+    return log_z - rows[np.arange(len(targets)), np.asarray(ids)[targets]]
+
+
+def perplexity(nll: list[np.ndarray]) -> tuple[float | None, int]:
+    """exp(mean loss) over every scored token of every sequence, and that token count."""
+    flat = np.concatenate(nll) if nll else np.zeros(0)
+    return (float(np.exp(flat.mean())) if len(flat) else None), len(flat)
 
 
 def tokenizer_agreement(llm, hf_tokenizer, texts: list[str]) -> float:

@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
             "eos_id": hf_tok.eos_token_id,
             "pad_id": hf_tok.pad_token_id,
             "counts": counts,
-            "task": {k: fmeta[k] for k in ("task", "trace", "strategy", "chat_style") if k in fmeta},
+            "task": {
+                k: fmeta[k] for k in ("task", "trace", "strategy", "chat_style", "stop", "system") if k in fmeta
+            },
         }
         write_json(tmp / "meta.json", meta)
     write_json(

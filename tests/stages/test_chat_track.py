@@ -238,3 +238,49 @@ def test_cut_at_stop():
     assert cut_at_stop("hello <endOfText> more", ["<human>", "<endOfText>"]) == "hello"
     assert cut_at_stop("no stop here", ["\n"]) == "no stop here"
     assert cut_at_stop("line one\nline two", ["\n", ""]) == "line one"
+
+
+def test_chat_with_the_gguf_builds_the_same_prompt_and_knows_the_stop_words(
+    tiny_chat_run, tmp_path, monkeypatch
+):
+    import yaml
+
+    from smolforge import chatcli, talk
+    from stages import convert
+
+    params = tmp_path / "params.yaml"
+    data = yaml.safe_load(tiny_chat_run["params"].read_text())
+    data["convert"]["chat"].update(
+        file_types=["f32"], modelfile={"file_type": "f32", "temperature": 0.7, "num_ctx": 64}
+    )
+    params.write_text(yaml.safe_dump(data))
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_chat_run["hf"], hf)
+    sidecar = json.loads((hf / "smolforge.json").read_text())
+    sidecar["task"].update(stop=["<human>"], system="Be brief.")
+    (hf / "smolforge.json").write_text(json.dumps(sidecar))
+    out = tmp_path / "gguf"
+    convert.main(
+        [
+            "--params",
+            str(params),
+            "--model",
+            "chat",
+            "--hf",
+            str(hf),
+            "--tokens",
+            str(tiny_chat_run["tokens"]),
+        ]
+        + ["--out", str(out), "--metrics", str(tmp_path / "m.json")]
+    )
+    gguf_chat = talk.load(out / "model-f32.gguf")
+    assert gguf_chat.stops == ["<human>"] and gguf_chat.default_system == "Be brief."
+    hf_chat = talk.load(hf)
+    assert hf_chat.stops == ["<human>"] and hf_chat.default_system == "Be brief."
+
+    seen = []
+    real = chat.render_text
+    monkeypatch.setattr(talk.chat, "render_text", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    for model in (out / "model-f32.gguf", hf):
+        chatcli.main(["--model", str(model), "--once", "Why?", "--max-new-tokens", "3"])
+    assert seen[0] == seen[1] == "<s>system\nBe brief.</s>\n<s>user\nWhy?</s>\n<s>assistant\n"

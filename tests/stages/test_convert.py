@@ -1,4 +1,4 @@
-"""Stage convert in-process: GGUF files and parity metrics from a tiny HF Llama, and bad inputs."""
+"""Stage convert in-process: GGUF files, parity metrics, gate and Modelfile from a tiny HF Llama, and bad inputs."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from smolforge import chat, tokenizer, tokens
 from smolforge.cli import run
 from smolforge.model import LlamaShape, build, llama_config
 from stages import convert
+from tests.conftest import listing
 
 pytest.importorskip("llama_cpp")
 
@@ -36,6 +38,8 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     hf = root / "hf"
     build(config, seed=0).save_pretrained(hf)
     tok.save_pretrained(hf)
+    task = {"task": "nets", "trace": "full", "strategy": "priority", "chat_style": "plain"}
+    (hf / "smolforge.json").write_text(json.dumps({"task": task}))
 
     tok_dir = root / "pretokenize"
     tok_dir.mkdir()
@@ -50,12 +54,26 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     return hf, tok_dir
 
 
-def write_params(tmp_path: Path, file_types: list[str]) -> Path:
+GATE = {
+    "min_top1": {"f32": 0.99, "f16": 0.95, "q8_0": 0.85},
+    "max_logit_diff": {"f32": 1e-3, "f16": 0.05, "q8_0": 1.0},
+    "min_tokenizer_match": 1.0,
+    "max_ppl_ratio": 1.05,  # a random model on 29 tokens: q8_0 is ~2% off f16
+}
+
+
+def write_params(tmp_path: Path, file_types: list[str], **changes) -> Path:
+    """convert.nets params for the tiny model; `changes` replace top-level keys."""
+    section = {
+        "file_types": file_types,
+        "parity_examples": 3,
+        "threads": 2,
+        "gate": GATE,
+        "modelfile": {"file_type": file_types[-1], "temperature": 0.0, "num_ctx": 128},
+        **changes,
+    }
     path = tmp_path / "params.yaml"
-    path.write_text(
-        f"convert:\n  nets:\n    file_types: {json.dumps(file_types)}\n"
-        "    parity_examples: 3\n    threads: 2\n"
-    )
+    path.write_text(yaml.safe_dump({"convert": {"nets": section}}))
     return path
 
 
@@ -82,21 +100,60 @@ def test_convert_writes_gguf_and_parity_metrics(tmp_path, inputs, capsys):
     convert.main(argv(tmp_path, hf, tok_dir))
 
     files = sorted(p.name for p in (tmp_path / "gguf").iterdir())
-    assert files == ["model-f16.gguf", "model-f32.gguf", "model-q8_0.gguf"]
+    assert files == ["Modelfile", "model-f16.gguf", "model-f32.gguf", "model-q8_0.gguf"]
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"f32", "f16", "q8_0"}
+    assert set(metrics) == {"f32", "f16", "q8_0", "q8_0_vs_f16_ppl_ratio"}
     assert metrics["f32"]["max_abs_logit_diff"] < 1e-3 and metrics["f32"]["top1_agreement"] == 1.0
     assert metrics["f16"]["max_abs_logit_diff"] < 0.05
     assert metrics["q8_0"]["top1_agreement"] >= 0.85
     assert metrics["q8_0"]["quantized_tensors"] == 1 + 2 * 7 and metrics["q8_0"]["kept_tensors"] == 0
     assert metrics["f16"]["quantized_tensors"] == 0
-    for ft, m in metrics.items():
+    for ft in ("f32", "f16", "q8_0"):
+        m = metrics[ft]
         assert m["tokenizer_match"] == 1.0
         assert m["bytes"] == (tmp_path / "gguf" / f"model-{ft}.gguf").stat().st_size
     assert metrics["q8_0"]["bytes"] < metrics["f16"]["bytes"] < metrics["f32"]["bytes"]
+    # perplexity on the masked (trained) tokens: llama.cpp's f32 equals HF's
+    hf_ppl = metrics["f32"]["hf_perplexity"]
+    assert hf_ppl > 1 and all(metrics[ft]["hf_perplexity"] == hf_ppl for ft in ("f16", "q8_0"))
+    assert metrics["f32"]["perplexity"] == pytest.approx(hf_ppl, rel=1e-4)
+    ratio = metrics["q8_0"]["perplexity"] / metrics["f16"]["perplexity"]
+    assert metrics["q8_0_vs_f16_ppl_ratio"] == pytest.approx(ratio) and abs(ratio - 1) < 0.05
     # stage logs go to stderr (smolforge.log.setup), one summary line per file type
     summaries = [line for line in capsys.readouterr().err.splitlines() if "top-1" in line]
-    assert len(summaries) == 3 and "convert: f32: " in summaries[0]
+    assert len(summaries) == 3 and "convert: f32: " in summaries[0] and "perplexity" in summaries[0]
+
+    text = (tmp_path / "gguf" / "Modelfile").read_text()
+    assert text.splitlines()[1] == "FROM ./model-q8_0.gguf"
+    assert '\nTEMPLATE """<s>{{ if .System }}' in text and 'PARAMETER stop "</s>"\n' in text
+    assert "PARAMETER temperature 0\n" in text and text.endswith("PARAMETER num_ctx 128\n")
+
+
+def test_no_ratio_without_both_f16_and_q8_0(tmp_path, inputs):
+    hf, tok_dir = inputs
+    write_params(tmp_path, ["f32"])
+    convert.main(argv(tmp_path, hf, tok_dir))
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics) == {"f32"} and metrics["f32"]["perplexity"] > 1
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["Modelfile", "model-f32.gguf"]
+
+
+def test_failed_gate_exits_2_and_writes_nothing(tmp_path, tiny_run, capsys):
+    """The tiny trained nets model against a threshold no q8_0 file can meet."""
+    params = yaml.safe_load(tiny_run["params"].read_text())
+    params["convert"]["nets"]["gate"]["max_logit_diff"]["q8_0"] = 0.0
+    params["convert"]["nets"]["gate"]["min_top1"]["f32"] = 1.0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "models" / "nets" / "gguf"
+    args = argv(tmp_path, tiny_run["hf"], tiny_run["tokens"])
+    args[args.index("--out") + 1] = str(out)
+    assert run(convert.main, args) == 2
+    err = capsys.readouterr().err
+    assert f"parity gate ({tmp_path / 'params.yaml'}: convert.nets.gate) failed" in err
+    assert "nothing written" in err and "q8_0: max |logit diff| " in err and "> max_logit_diff 0.0" in err
+    assert "f32: top-1" not in err  # f32 agrees everywhere, so only the q8_0 line
+    assert listing(tmp_path / "models") == ["nets"]  # no GGUF, no Modelfile, no temp folder
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_missing_hf_dir_fails_cleanly(tmp_path, inputs, capsys):
@@ -125,15 +182,71 @@ def test_non_llama_config_names_the_file(tmp_path, inputs, capsys):
 
 def test_bad_params_are_reported_before_any_work(tmp_path, inputs, capsys):
     hf, tok_dir = inputs
-    (tmp_path / "params.yaml").write_text(
-        "convert:\n  nets:\n    file_types: [q4_0]\n    parity_examples: 3\n    threads: two\n"
+    write_params(
+        tmp_path,
+        ["q4_0"],
+        threads="two",
+        gate={**GATE, "min_top1": {"f32": 1.5, "q5": 0.9}},
+        modelfile={"file_type": "f16", "temperature": -1, "num_ctx": 0},
     )
     assert run(convert.main, argv(tmp_path, hf, tok_dir)) == 2
     message = capsys.readouterr().err
-    assert "convert.nets.file_types[0]" in message and "convert.nets.threads" in message
+    for key in (
+        "convert.nets.file_types[0]",
+        "convert.nets.threads",
+        "convert.nets.gate.min_top1.f32: expected 0..1",
+        "convert.nets.gate.min_top1.q5: unknown file type",
+        "convert.nets.modelfile.temperature",
+        "convert.nets.modelfile.num_ctx",
+    ):
+        assert key in message, key
     assert not (tmp_path / "gguf").exists() and not (tmp_path / "m.json").exists()
 
 
 def test_params_check_values():
-    bad = convert.ConvertParams(file_types=[], parity_examples=0, threads=0).check()
-    assert [e.split(":")[0] for e in bad] == ["file_types", "parity_examples", "threads"]
+    gate = convert.GateParams(
+        min_top1={}, max_logit_diff={"f16": 0.1}, min_tokenizer_match=1.0, max_ppl_ratio=1.01
+    )
+    mf = convert.ModelfileParams(file_type="q8_0", temperature=0.7, num_ctx=64)
+    bad = convert.ConvertParams(file_types=[], parity_examples=0, threads=0, gate=gate, modelfile=mf).check()
+    assert [e.split(":")[0] for e in bad] == [
+        "file_types",
+        "parity_examples",
+        "threads",
+        "modelfile.file_type",
+    ]
+    bad = convert.ConvertParams(
+        file_types=["f16"], parity_examples=1, threads=1, gate=gate, modelfile=mf
+    ).check()
+    assert bad == [
+        "gate.min_top1: no threshold for f16 (in file_types)",
+        "modelfile.file_type: q8_0 is not in file_types ['f16']",
+    ]
+    assert convert.GateParams({}, {}, 1.5, 0.9).check() == [
+        "min_tokenizer_match: expected 0..1, got 1.5",
+        "max_ppl_ratio: expected >= 1, got 0.9",
+    ]
+
+
+def test_num_ctx_beyond_the_model_context_names_param_and_config(tmp_path, inputs, capsys):
+    hf, tok_dir = inputs
+    write_params(tmp_path, ["f16"], modelfile={"file_type": "f16", "temperature": 0.7, "num_ctx": 4096})
+    assert run(convert.main, argv(tmp_path, hf, tok_dir)) == 2
+    message = capsys.readouterr().err
+    assert "convert.nets.modelfile.num_ctx: 4096 exceeds the model's context length 128" in message
+    assert f"{hf}/config.json max_position_embeddings" in message
+    assert not (tmp_path / "gguf").exists()
+
+
+def test_missing_task_sidecar_names_the_file_and_stage(tmp_path, inputs, capsys):
+    hf, tok_dir = inputs
+    bare = tmp_path / "hf"
+    bare.mkdir()
+    for f in hf.iterdir():
+        if f.name != "smolforge.json":
+            (bare / f.name).symlink_to(f)
+    write_params(tmp_path, ["f16"])
+    assert run(convert.main, argv(tmp_path, bare, tok_dir)) == 2
+    message = capsys.readouterr().err
+    assert f"{bare}/smolforge.json: file not found (written by stage train; run: dvc repro train)" in message
+    assert not (tmp_path / "gguf").exists() and not (tmp_path / "m.json").exists()

@@ -177,6 +177,67 @@ def test_gqa_parity_needs_the_permutation(tmp_path, monkeypatch):
     assert gguf_export.check_parity(bad.path, src, seqs, [], n_threads=2).max_abs_logit_diff > 1e-2
 
 
+def test_smollm2_head_layout_parity(tmp_path):
+    """SmolLM2's layout scaled down: 9 heads sharing 3 KV heads (groups of 3), tied
+    embeddings, rope_theta 1e5: exact f32 parity."""
+    shape = LlamaShape(
+        dim=72, n_layers=2, n_heads=9, n_kv_heads=3, ffn_dim=96, max_seq_len=64, rope_theta=100000.0
+    )
+    src = gguf_export.load_source(make_hf_dir(tmp_path / "hf", shape, seed=5))
+    report = gguf_export.write_gguf(src, tmp_path / "m.gguf", "f32")
+    reader = gguf.GGUFReader(report.path)
+    assert reader.get_field("llama.attention.head_count_kv").contents() == 3
+    assert reader.get_field("llama.rope.freq_base").contents() == pytest.approx(1e5)
+    par = gguf_export.check_parity(report.path, src, sequences(src.tokenizer, 3), [], n_threads=2)
+    assert par.max_abs_logit_diff < 1e-3 and par.top1_agreement == 1.0
+
+
+def test_target_positions_follow_the_loss_mask():
+    assert gguf_export.target_positions([0, 0, 1, 1]).tolist() == [2, 3]
+    assert gguf_export.target_positions([1, 0, 1]).tolist() == [2]  # position 0 has no context
+    assert gguf_export.target_positions([0, 0, 0]).tolist() == [1, 2]  # nothing trained: all
+    assert gguf_export.target_positions([1]).tolist() == []
+
+
+def test_token_nll_is_cross_entropy_of_the_previous_position():
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 5, (6, 11)).astype(np.float32)
+    ids = rng.integers(0, 11, 6).tolist()
+    targets = np.array([2, 3, 5])
+    want = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits[targets - 1]), torch.tensor(ids)[targets], reduction="none"
+    )
+    np.testing.assert_allclose(gguf_export.token_nll(logits, ids, targets), want.numpy(), rtol=1e-5)
+    assert gguf_export.perplexity([]) == (None, 0)
+
+
+def test_perplexity_is_the_training_loss_on_masked_targets(exported):
+    """hf_perplexity = exp(HF's own shifted loss with labels only where mask is 1), and
+    llama.cpp's f32 perplexity equals it; one HF pass serves every file."""
+    import torch
+
+    src, out = exported
+    seqs = sequences(src.tokenizer)
+    masks = [[0] * (len(s) // 2) + [1] * (len(s) - len(s) // 2) for s in seqs]
+    total, n = 0.0, 0
+    for ids, mask in zip(seqs, masks):
+        labels = torch.tensor([[t if m else -100 for t, m in zip(ids, mask)]])
+        with torch.inference_mode():
+            loss = src.model(torch.tensor([ids]), labels=labels).loss.item()
+        count = sum(mask[1:])
+        total, n = total + loss * count, n + count
+    paths = {ft: out[ft][0].path for ft in ("f32", "q8_0")}
+    both = gguf_export.check_parities(paths, src, seqs, [], n_threads=2, masks=masks)
+    assert both["f32"].n_loss_tokens == n
+    assert both["f32"].hf_perplexity == pytest.approx(np.exp(total / n), rel=1e-5)
+    assert both["f32"].perplexity == pytest.approx(both["f32"].hf_perplexity, rel=1e-4)
+    assert both["q8_0"].hf_perplexity == both["f32"].hf_perplexity
+    alone = gguf_export.check_parity(paths["q8_0"], src, seqs, [], n_threads=2, masks=masks)
+    assert dataclasses.astuple(alone) == dataclasses.astuple(both["q8_0"])
+
+
 def test_tokenizer_check_catches_a_wrong_pre(tmp_path, exported):
     """llama.cpp's "default" pre-tokenizer splits " =" in two; "gpt-2" keeps it, as HF does."""
     from llama_cpp import Llama

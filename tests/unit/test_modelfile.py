@@ -1,0 +1,298 @@
+"""smolforge.modelfile: chat templates measured into turn formats, Go templates and Modelfile text per style."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from smolforge import chat, modelfile
+
+# SmolLM2-135M-Instruct's own template: ChatML with a default system prompt
+SMOLLM2 = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+# the other styles as smolforge.chat renders them (copied, so the expected text is pinned here)
+STYLES = {
+    "plain": chat.template("plain"),
+    "human_bot": (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '<human> ' + message['content'] + ' <endOfText>\n' }}"
+        "{% else %}{{ '<bot> ' + message['content'] + ' <endOfText>\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<bot>' }}{% endif %}"
+    ),
+    "chat_builder": (
+        "{% if term is defined and term %}{{ '~ ' + term + '\n' }}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '= ' + message['content'] + '\n' }}"
+        "{% else %}{{ '# ' + message['content'] + '\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '#' }}{% endif %}"
+    ),
+    "task_tags": (
+        "{% set t = tag if tag is defined and tag else 'Chat' %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ 'User: [' + t + '] ' + message['content'] + '\n' }}"
+        "{% else %}{{ 'Bot: [' + t + '] ' + message['content'] + '<eot>\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'Bot: [' + t + ']' }}{% endif %}"
+    ),
+}
+
+CHATS = [
+    [{"role": "user", "content": "Why do essays need constraints?"}],
+    [
+        {"role": "system", "content": "You are Paul."},
+        {"role": "user", "content": "Two lines\nof question  "},
+        {"role": "assistant", "content": "An answer.\n\nIn two paragraphs."},
+        {"role": "user", "content": "And then?"},
+    ],
+]
+
+
+def jinja(template: str, messages: list[dict], bos: str = "<s>", eos: str = "</s>") -> str:
+    """What transformers' apply_chat_template(..., add_generation_prompt=True) renders."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(
+        messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=True
+    )
+
+
+def read_modelfile(text: str) -> list[tuple[str, str]]:
+    """(command, value) pairs as Ollama's parser (parser/parser.go) reads them: a value
+    ends at a newline unless an opening `"` or `\"\"\"` is not yet closed; no escapes."""
+    out, lines = [], iter(text.splitlines(keepends=True))
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, value = line.partition(" ")
+        if name.upper() == "PARAMETER":
+            name, _, value = value.partition(" ")
+        quote = '"""' if value.startswith('"""') else '"' if value.startswith('"') else ""
+        while quote and not (
+            len(value.rstrip("\n")) >= 2 * len(quote) and value.rstrip("\n").endswith(quote)
+        ):
+            value += next(lines)
+        value = value.rstrip("\n")
+        out.append((name.lower(), value[len(quote) : len(value) - len(quote)] if quote else value))
+    return out
+
+
+# ---------------------------------------------------------------- measuring templates
+
+
+def test_smollm2_chatml_is_measured_with_its_default_system():
+    fmt = modelfile.describe(SMOLLM2, "<|im_start|>", "<|im_end|>")
+    assert fmt == modelfile.TurnFormat(
+        bos="",
+        system=("<|im_start|>system\n", "<|im_end|>\n"),
+        user=("<|im_start|>user\n", "<|im_end|>\n"),
+        assistant=("<|im_start|>assistant\n", "<|im_end|>\n"),
+        generation="<|im_start|>assistant\n",
+        default_system=SMOLLM2_SYSTEM,
+    )
+
+
+@pytest.mark.parametrize(
+    ("style", "bos", "user", "assistant", "generation"),
+    [
+        ("plain", "<s>", ("", "\n"), ("", "</s>"), ""),
+        ("human_bot", "", ("<human> ", " <endOfText>\n"), ("<bot> ", " <endOfText>\n"), "<bot>"),
+        ("chat_builder", "", ("= ", "\n"), ("# ", "\n"), "#"),
+        ("task_tags", "", ("User: [Chat] ", "\n"), ("Bot: [Chat] ", "<eot>\n"), "Bot: [Chat]"),
+    ],
+)
+def test_each_style_is_measured(style, bos, user, assistant, generation):
+    fmt = modelfile.describe(STYLES[style], "<s>", "</s>")
+    assert fmt == modelfile.TurnFormat(bos, ("", "\n"), user, assistant, generation, "")
+
+
+@pytest.mark.parametrize("style", ["template", *STYLES])
+def test_rendering_the_format_matches_the_template(style):
+    template, bos, eos = (
+        (SMOLLM2, "<|im_start|>", "<|im_end|>") if style == "template" else (STYLES[style], "<s>", "</s>")
+    )
+    fmt = modelfile.describe(template, bos, eos)
+    for messages in CHATS:
+        assert modelfile.render(fmt, messages) == jinja(template, messages, bos, eos)
+
+
+def test_smolforge_chat_styles_all_fit():
+    """Every style smolforge.chat knows measures cleanly (catches a style that drifts)."""
+    if not hasattr(chat, "style_template"):
+        pytest.skip("smolforge.chat has no style_template")
+    for style in chat.STOP_WORDS:
+        template = chat.style_template(style, SMOLLM2)
+        fmt = modelfile.describe(template, "<s>", "</s>")
+        assert modelfile.render(fmt, CHATS[1]) == jinja(template, CHATS[1])
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # Llama-2: the system text is folded into the first user turn
+        "{% for m in messages %}{% if m['role'] == 'system' %}{% set s = m['content'] %}"
+        "{% elif m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' + m['content'] + ' </s>' }}{% endif %}{% endfor %}"
+        "{% if messages|length > 1 %}{{ 'late' }}{% endif %}",
+        # a turn's text depends on its position
+        "{% for m in messages %}{{ loop.index|string + ': ' + m['content'] + '\n' }}{% endfor %}",
+        "{{ raise_exception('no chats here') }}",
+    ],
+)
+def test_templates_of_another_shape_are_refused(template):
+    with pytest.raises(modelfile.TemplateShapeError):
+        modelfile.describe(template, "<s>", "</s>")
+
+
+def test_template_without_system_turn_still_renders_chats():
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+        "{% elif m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\n' }}{% else %}{{ 'A: ' + m['content'] + '\n' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'A:' }}{% endif %}"
+    )
+    fmt = modelfile.describe(template)
+    assert fmt.system is None and fmt.user == ("Q: ", "\n") and fmt.generation == "A:"
+    assert "{{ if .System }}" not in modelfile.ollama_template(fmt)
+
+
+# ---------------------------------------------------------------- Go templates and Modelfiles
+
+CHATML_MODELFILE = '''# chat: written by smolforge's convert stage; load with: ollama create chat -f Modelfile
+FROM ./model-q8_0.gguf
+TEMPLATE """{{ if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ if $last }}<|im_start|>assistant
+{{ end }}
+{{- else if eq .Role "assistant" }}<|im_start|>assistant
+{{ .Content }}
+{{- if not $last }}<|im_end|>
+{{ end }}
+{{- end }}
+{{- end }}"""
+SYSTEM "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+PARAMETER stop "<|im_end|>"
+PARAMETER temperature 0.7
+PARAMETER num_ctx 2048
+'''
+
+
+def test_chatml_modelfile_text():
+    task = {"task": "chat", "chat_style": "template", "stop": ["<|im_end|>"], "system": ""}
+    text = modelfile.build(
+        "model-q8_0.gguf", SMOLLM2, task, "<|im_start|>", "<|im_end|>", 0.7, 2048, name="chat"
+    )
+    assert text == CHATML_MODELFILE
+
+
+def test_a_persona_replaces_the_default_system():
+    task = {"chat_style": "template", "system": 'You are Paul "PG" Graham.'}
+    text = modelfile.build("m.gguf", SMOLLM2, task, "<|im_start|>", "<|im_end|>", 0.7, 512)
+    assert dict(read_modelfile(text))["system"] == 'You are Paul "PG" Graham.'
+    assert 'SYSTEM """You are Paul "PG" Graham."""' in text
+
+
+@pytest.mark.parametrize(
+    ("style", "template_text"),
+    [
+        (
+            "plain",
+            "<s>{{ if .System }}\n{{- .System }}\n{{ end }}\n"
+            "{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
+            '{{- if eq .Role "user" }}\n{{- .Content }}\n{{ else if eq .Role "assistant" }}\n'
+            "{{- .Content }}\n{{- if not $last }}</s>{{ end }}\n{{- end }}\n{{- end }}",
+        ),
+        (
+            "human_bot",
+            "{{ if .System }}\n{{- .System }}\n{{ end }}\n"
+            "{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
+            '{{- if eq .Role "user" }}<human> {{ .Content }} <endOfText>\n{{ if $last }}<bot>{{ end }}\n'
+            '{{- else if eq .Role "assistant" }}<bot> {{ .Content }}\n'
+            "{{- if not $last }} <endOfText>\n{{ end }}\n{{- end }}\n{{- end }}",
+        ),
+        (
+            "chat_builder",
+            "{{ if .System }}\n{{- .System }}\n{{ end }}\n"
+            "{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
+            '{{- if eq .Role "user" }}= {{ .Content }}\n{{ if $last }}#{{ end }}\n'
+            '{{- else if eq .Role "assistant" }}# {{ .Content }}\n'
+            "{{- if not $last }}\n{{ end }}\n{{- end }}\n{{- end }}",
+        ),
+        (
+            "task_tags",
+            "{{ if .System }}\n{{- .System }}\n{{ end }}\n"
+            "{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
+            '{{- if eq .Role "user" }}User: [Chat] {{ .Content }}\n{{ if $last }}Bot: [Chat]{{ end }}\n'
+            '{{- else if eq .Role "assistant" }}Bot: [Chat] {{ .Content }}\n'
+            "{{- if not $last }}<eot>\n{{ end }}\n{{- end }}\n{{- end }}",
+        ),
+    ],
+)
+def test_style_modelfiles(style, template_text):
+    stops = {
+        "plain": [],
+        "human_bot": ["<endOfText>", "<human>"],
+        "chat_builder": ["\n"],
+        "task_tags": ["<eot>", "\nUser:"],
+    }
+    task = {"chat_style": style, "stop": stops[style], "system": "You are Paul."}
+    text = modelfile.build("model-q8_0.gguf", STYLES[style], task, "<s>", "</s>", 0.8, 256, name="chat")
+    commands = read_modelfile(text)
+    assert commands[0] == ("from", "./model-q8_0.gguf")
+    assert ("template", template_text) in commands
+    assert ("system", "You are Paul.") in commands
+    # the style's stop words (a newline is a real newline inside quotes), then EOS
+    assert [v for k, v in commands if k == "stop"] == [*stops[style], "</s>"]
+    assert ("temperature", "0.8") in commands and ("num_ctx", "256") in commands
+    if style == "chat_builder":
+        assert 'PARAMETER stop "\n"\n' in text
+
+
+def test_greedy_temperature_is_written_as_zero():
+    text = modelfile.build("m.gguf", STYLES["plain"], {"chat_style": "plain"}, "<s>", "</s>", 0.0, 64)
+    assert "PARAMETER temperature 0\n" in text and "SYSTEM" not in text
+
+
+def test_unknown_template_gets_no_template_line_and_a_warning(caplog):
+    numbered = "{% for m in messages %}{{ loop.index|string + ': ' + m['content'] + '\n' }}{% endfor %}"
+    with caplog.at_level(logging.WARNING, logger="smolforge.modelfile"):
+        text = modelfile.build(
+            "m.gguf", numbered, {"chat_style": "template", "stop": []}, "<s>", "</s>", 0.7, 64
+        )
+    assert "TEMPLATE" not in text and "FROM ./m.gguf\n" in text and 'PARAMETER stop "</s>"' in text
+    assert "no TEMPLATE line" in caplog.text and "'template'" in caplog.text
+
+
+def test_no_chat_template_gets_no_template_line(caplog):
+    with caplog.at_level(logging.WARNING, logger="smolforge.modelfile"):
+        text = modelfile.build("m.gguf", None, {}, None, None, 0.7, 64)
+    assert text.splitlines()[1:] == ["FROM ./m.gguf", "PARAMETER temperature 0.7", "PARAMETER num_ctx 64"]
+    assert "no chat template" in caplog.text
+
+
+def test_unquotable_values_are_left_out_with_a_warning(caplog):
+    task = {"chat_style": "plain", "stop": ['say """', "ok"], "system": 'a """ b'}
+    with caplog.at_level(logging.WARNING, logger="smolforge.modelfile"):
+        text = modelfile.build("m.gguf", STYLES["plain"], task, "<s>", "</s>", 0.7, 64)
+    assert [v for k, v in read_modelfile(text) if k == "stop"] == ["ok", "</s>"]
+    assert "SYSTEM" not in text and caplog.text.count("three quotes") == 2
+
+
+def test_braces_and_quotes_in_template_text_become_go_strings():
+    fmt = modelfile.TurnFormat("", None, ('{"q": "', '"}\n'), ("", "\n"), "", "")
+    go = modelfile.ollama_template(fmt)
+    assert '{{ "{\\"q\\": \\"" }}' in go and '{{ "\\"}\\n" }}' in go
+    assert '"""' not in go
