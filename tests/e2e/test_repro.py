@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -119,7 +120,9 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     lock = (repo / "dvc.lock").read_text()
     forced = sh(repo, "dvc", "repro", "-f")
     assert len(ran(forced)) == len(ran(first))
-    assert (repo / "dvc.lock").read_text() == lock
+    again = (repo / "dvc.lock").read_text()
+    changed = [ln for ln in difflib.unified_diff(lock.splitlines(), again.splitlines(), lineterm="", n=12)]
+    assert again == lock, "dvc repro -f changed dvc.lock:\n" + "\n".join(changed)
 
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny run")
