@@ -9,6 +9,7 @@ is an ordinary model that transformers and the GGUF exporter load as they are).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -78,5 +79,15 @@ def save(model, init: str, folder: Path) -> None:
     """Write the HF model directory: merged for LoRA (adapter in folder/adapter/)."""
     if init == "lora":
         model.save_pretrained(folder / "adapter")
+        _sort_target_modules(folder / "adapter" / "adapter_config.json")
         model = model.merge_and_unload()
     model.save_pretrained(folder)
+
+
+def _sort_target_modules(path: Path) -> None:
+    """peft keeps target_modules as a set and writes it in hash order, which changes with
+    PYTHONHASHSEED from run to run; sorted, the same params give the same bytes."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
