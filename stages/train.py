@@ -57,9 +57,9 @@ class LoraParams:
 @dataclass(frozen=True)
 class TrainParams:
     init: Literal["scratch", "lora", "full"]
-    model: LlamaShape | None  # scratch: the architecture (null for lora / full)
-    base: str | None  # lora / full: the pretrained model (null for scratch)
-    lora: LoraParams | None  # lora: the adapters (null otherwise)
+    model: LlamaShape | None  # scratch: the architecture (ignored by lora / full)
+    base: str | None  # lora / full: the pretrained model (ignored by scratch)
+    lora: LoraParams | None  # lora: the adapters (ignored otherwise)
     seed: int
     batch_size: int  # examples per micro-batch
     length_buckets: int  # sort runs of this many batches by length (1: plain shuffle)
@@ -95,12 +95,11 @@ class TrainParams:
             errors.append("min_lr: expected 0 <= min_lr <= lr")
         if len(self.betas) != 2:
             errors.append("betas: expected [beta1, beta2]")
+        # the fields another init uses may stay set, so switching init is one param
         needs = {"scratch": ["model"], "lora": ["base", "lora"], "full": ["base"]}[self.init]
-        for name in ("model", "base", "lora"):
-            if name in needs and getattr(self, name) is None:
-                errors.append(f"{name}: init {self.init} needs it (it is null)")
-            if name not in needs and getattr(self, name) is not None:
-                errors.append(f"{name}: init {self.init} does not use it; set it to null")
+        errors += [
+            f"{name}: init {self.init} needs it (it is null)" for name in needs if getattr(self, name) is None
+        ]
         return errors
 
 

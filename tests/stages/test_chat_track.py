@@ -132,9 +132,7 @@ def test_full_finetune_and_scratch_are_one_param_away(tiny_chat_run, tmp_path, i
     params = tmp_path / "params.yaml"
     data = yaml.safe_load(tiny_chat_run["params"].read_text())
     c = data["train"]["chat"]
-    c.update(init=init, lora=None, max_steps=2)
-    if init == "scratch":
-        c.update(base=None, model=dict(data["train"]["nets"]["model"], max_seq_len=512))
+    c.update(init=init, max_steps=2, model=dict(data["train"]["nets"]["model"], max_seq_len=512))
     params.write_text(yaml.safe_dump(data))
     paths = {**tiny_chat_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
     train.main(chat_train_argv(params, paths, tmp_path / "m"))
@@ -168,11 +166,12 @@ def test_lora_params_are_checked_up_front(tiny_chat_run, tmp_path, caplog):
         "lora.target_modules",
     ):
         assert msg in caplog.text
-    data["train"]["chat"]["lora"] = {"r": 2, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj"]}
+    lora = {"r": 2, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj"]}
+    data["train"]["chat"].update(init="scratch", model=None, lora=lora)
     params.write_text(yaml.safe_dump(data))
     caplog.clear()
     assert run(train.main, chat_train_argv(params, paths, tmp_path / "m")) == 2
-    assert "train.chat.model: init lora does not use it; set it to null" in caplog.text
+    assert "train.chat.model: init scratch needs it (it is null)" in caplog.text
     assert listing(tmp_path) == ["params.yaml"]
 
 
