@@ -9,6 +9,7 @@ is an ordinary model that transformers and the GGUF exporter load as they are).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -78,5 +79,17 @@ def save(model, init: str, folder: Path) -> None:
     """Write the HF model directory: merged for LoRA (adapter in folder/adapter/)."""
     if init == "lora":
         model.save_pretrained(folder / "adapter")
+        sort_set_fields(model.peft_config["default"], folder / "adapter" / "adapter_config.json")
         model = model.merge_and_unload()
     model.save_pretrained(folder)
+
+
+def sort_set_fields(config, path: Path) -> None:
+    """Sort the lists peft writes from sets (target_modules): a set's order changes from
+    process to process (str hashes are salted), and with it the file's bytes and dvc.lock."""
+    fields = [k for k, v in vars(config).items() if isinstance(v, set)]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for k in fields:
+        if isinstance(data.get(k), list):
+            data[k] = sorted(data[k])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")  # as peft writes it
