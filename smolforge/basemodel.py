@@ -9,17 +9,23 @@ A base is named by one string (a `base:` param):
 
 A GGUF base is loaded into transformers with `gguf_file=` (weights dequantized to
 float32, tokenizer and chat template rebuilt from the file's metadata), so every later
-step works on an ordinary HF model whatever the base was.
+step works on an ordinary HF model whatever the base was. `load_trained` loads what stage
+train wrote (safetensors only) for convert, evaluate and the chat command.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from smolforge.cli import StageError
+from smolforge.cli import StageError, produced_by
 
 EMBEDDED = "embedded"
+# what a damaged weights, tokenizer or GGUF file raises while loading (the gguf reader walks
+# the file's header with numpy and fails wherever a truncation cuts it); SafetensorError is
+# added where safetensors is imported
+_DAMAGED = (OSError, ValueError, IndexError, KeyError, EOFError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -83,14 +89,15 @@ def load_tokenizer(base: str | BaseRef):
         if ref.gguf_file:
             return AutoTokenizer.from_pretrained(ref.path, gguf_file=ref.gguf_file)
         return AutoTokenizer.from_pretrained(ref.path)
-    except OSError as e:
-        raise StageError(f"base {ref.name!r}: tokenizer could not be loaded ({e})") from None
+    except _DAMAGED as e:
+        raise StageError(f"base {ref.name!r}: tokenizer could not be loaded ({_why(e)})") from None
 
 
 def load_model(base: str | BaseRef, dtype: str = "float32"):
     """The base model's weights as a transformers causal LM in `dtype`, in eval mode."""
     ref = base if isinstance(base, BaseRef) else resolve(base)
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     quiet_loading()
@@ -99,8 +106,8 @@ def load_model(base: str | BaseRef, dtype: str = "float32"):
         kwargs["gguf_file"] = ref.gguf_file
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
-    except OSError as e:
-        raise StageError(f"base {ref.name!r}: model could not be loaded ({e})") from None
+    except (*_DAMAGED, SafetensorError) as e:
+        raise StageError(f"base {ref.name!r}: model could not be loaded ({_why(e)})") from None
     if ref.gguf_file:
         # the weights are dequantized to ordinary tensors on load; dropping the GGUF
         # marker lets save_pretrained write the (merged) model like any other
@@ -109,3 +116,32 @@ def load_model(base: str | BaseRef, dtype: str = "float32"):
             del model.config.quantization_config
     model.eval()
     return model
+
+
+def load_trained(hf_dir: Path | str, dtype: str | None = None):
+    """A model directory written by stage train, as a causal LM in eval mode; safetensors only.
+
+    train always writes model.safetensors, so nothing here unpickles a file: a
+    pytorch_model.bin put in the folder instead is refused, not loaded. A missing or
+    damaged weights file is a StageError naming it.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    hf_dir, where = Path(hf_dir), produced_by("train")
+    weights = hf_dir / "model.safetensors"
+    if not weights.is_file() and not (hf_dir / "model.safetensors.index.json").is_file():
+        raise StageError(f"{weights}: file not found {where}")
+    quiet_loading()
+    kwargs = {"use_safetensors": True} | ({"dtype": getattr(torch, dtype)} if dtype else {})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), **kwargs)
+    except (*_DAMAGED, SafetensorError) as e:
+        raise StageError(f"{weights}: cannot be loaded ({_why(e)}) {where}") from None
+    model.eval()
+    return model
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e)[:300]}"

@@ -46,7 +46,6 @@ def _score_and_answer(model, tok, val, p, prompt_ids, stops):
 
 def measure(hf_dir: Path, base: str | None, val, meta: dict, p, task: dict) -> Result:
     import torch
-    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(p.threads)
     basemodel.quiet_loading()
@@ -63,7 +62,7 @@ def measure(hf_dir: Path, base: str | None, val, meta: dict, p, task: dict) -> R
     prompt_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     stops = list(task.get("stop", []))
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir))
+    model = basemodel.load_trained(hf_dir)
     ft_losses, ft_answers = _score_and_answer(model, tok, val, p, prompt_ids, stops)
     del model
     base_losses, base_answers = [None] * len(ft_losses), [None] * len(ft_answers)

@@ -79,15 +79,17 @@ def save(model, init: str, folder: Path) -> None:
     """Write the HF model directory: merged for LoRA (adapter in folder/adapter/)."""
     if init == "lora":
         model.save_pretrained(folder / "adapter")
-        _sort_target_modules(folder / "adapter" / "adapter_config.json")
+        sort_set_fields(model.peft_config["default"], folder / "adapter" / "adapter_config.json")
         model = model.merge_and_unload()
     model.save_pretrained(folder)
 
 
-def _sort_target_modules(path: Path) -> None:
-    """peft keeps target_modules as a set and writes it in hash order, which changes with
-    PYTHONHASHSEED from run to run; sorted, the same params give the same bytes."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def sort_set_fields(config, path: Path) -> None:
+    """Sort the lists peft writes from sets (target_modules): a set's order changes from
+    process to process (str hashes are salted), and with it the file's bytes and dvc.lock."""
+    fields = [k for k, v in vars(config).items() if isinstance(v, set)]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for k in fields:
+        if isinstance(data.get(k), list):
+            data[k] = sorted(data[k])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")  # as peft writes it

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import gguf
 import numpy as np
 
+from smolforge.io import sweep_stale
+
 FileType = Literal["f32", "f16", "q8_0"]
 FILE_TYPES: tuple[str, ...] = ("f32", "f16", "q8_0")
 
@@ -100,12 +102,12 @@ class Parity:
 
 def load_source(hf_dir: Path | str, name: str | None = None) -> Source:
     """Load an HF Llama directory (weights in float32) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from smolforge.basemodel import load_trained
 
     hf_dir = Path(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    model.eval()
+    model = load_trained(hf_dir, "float32")
     check_config(model.config)
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     sidecar = hf_dir / "smolforge.json"
@@ -214,8 +216,10 @@ def write_gguf(src: Source, path: Path | str, file_type: str) -> ExportReport:
         raise ExportError(f"file type {file_type!r} is not one of {', '.join(FILE_TYPES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # GGUFWriter opens the file by name itself, so it gets a unique temp name beside `path`
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # GGUFWriter opens the file by name itself, so it gets a unique temp name beside `path`,
+    # named the way smolforge.io names its temps, so a killed writer's file is swept up later
+    sweep_stale(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     w = gguf.GGUFWriter(tmp, "llama")
     try:
         _add_model_metadata(w, src, file_type)

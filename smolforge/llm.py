@@ -13,14 +13,16 @@ an answer that concerns every request (401, 403, 404: wrong key, URL or model) r
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -44,6 +46,11 @@ FAIL_REASONS = (
     "retry_after_too_long",  # the server asked to wait longer than max_wait_s
 )
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# the HTTP library under the openai client: httpx for openai 1.x, its fork httpx2 later
+httpx = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])
+# An honest answer of max_tokens tokens is kilobytes; a body past this is a broken or
+# hostile server, and reading on would only fill memory.
+MAX_ANSWER_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ class Request:
 class RetryPolicy:
     """Bounds on one request (values come from params.yaml, section synthesize)."""
 
-    timeout_s: float  # per attempt, connect to last byte
+    timeout_s: float  # per attempt: connecting, waiting for the headers, then the whole body
     max_retries: int  # more attempts after a transient failure
     backoff_s: float  # wait before the first retry; doubles each time
     backoff_max_s: float
@@ -138,7 +145,9 @@ class Client:
         self._lock = threading.Lock()
         # proxies from the environment never apply to a server on this machine
         local = urlsplit(base_url).hostname in _LOOPBACK
-        http_client = openai.DefaultHttpxClient(trust_env=False) if local else None
+        http_client = openai.DefaultHttpxClient(
+            trust_env=not local, event_hooks={"response": [functools.partial(_bound_body, policy.timeout_s)]}
+        )
         self._openai = openai.OpenAI(
             base_url=base_url,
             api_key=api_key,
@@ -147,6 +156,7 @@ class Client:
             http_client=http_client,
         )
         self.base_url = base_url
+        self._key = api_key  # only to blank it out of what the server says back
 
     def close(self) -> None:
         self._closed.set()
@@ -190,13 +200,49 @@ class Client:
                 out = self._openai.completions.create(prompt=req.prompt, **kw)
             return _response(out, chat=req.messages is not None)
         except openai.APIStatusError as e:
-            raise _status_error(e, self.base_url) from None
+            raise _status_error(e, self.base_url, self._key) from None
         except openai.APITimeoutError:
             raise Transient("timeout", f"no answer within timeout_s {self.policy.timeout_s:g}") from None
         except openai.APIConnectionError as e:
+            if isinstance(e.__cause__, AnswerTooLarge):
+                raise Transient("bad_response", str(e.__cause__)) from None
             raise Transient("connection", f"{type(e.__cause__ or e).__name__}: {self.base_url}") from None
         except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as e:
             raise Transient("bad_response", f"malformed answer ({type(e).__name__})") from None
+
+
+class AnswerTooLarge(httpx.DecodingError):
+    """A response body past MAX_ANSWER_BYTES (counted as a bad response)."""
+
+
+class _BoundedBody(httpx.SyncByteStream):
+    """A response body that must end by `deadline` and stay under MAX_ANSWER_BYTES.
+
+    httpx's timeouts bound each read, not the whole body: a server that trickles a byte
+    a second, or streams without end, would otherwise hold a request (and the stage)
+    for as long as it likes.
+    """
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: float, request: httpx.Request) -> None:
+        self.inner, self.deadline, self.request = inner, deadline, request
+
+    def __iter__(self):
+        n = 0
+        for chunk in self.inner:
+            n += len(chunk)
+            if n > MAX_ANSWER_BYTES:
+                raise AnswerTooLarge(f"answer larger than {MAX_ANSWER_BYTES:,} bytes", request=self.request)
+            if time.monotonic() > self.deadline:
+                raise httpx.ReadTimeout("answer slower than timeout_s", request=self.request)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _bound_body(timeout_s: float, response: httpx.Response) -> None:
+    """httpx response hook (runs before the body is read): bound the body's time and size."""
+    response.stream = _BoundedBody(response.stream, time.monotonic() + timeout_s, response.request)
 
 
 def _response(out: Any, chat: bool) -> Response:
@@ -216,7 +262,7 @@ def _response(out: Any, chat: bool) -> Response:
     )
 
 
-def _status_error(e: openai.APIStatusError, base_url: str) -> Exception:
+def _status_error(e: openai.APIStatusError, base_url: str, key: str) -> Exception:
     code = e.status_code
     if code in (401, 403):
         return EndpointError(f"HTTP {code} from {base_url}: the server refused the API key")
@@ -225,7 +271,9 @@ def _status_error(e: openai.APIStatusError, base_url: str) -> Exception:
     if code == 429 or code >= 500:
         reason = "http_429" if code == 429 else "http_5xx"
         return Transient(reason, f"HTTP {code}", _retry_after(e.response.headers))
-    return RequestFailed("http_4xx", f"HTTP {code}: {str(e.message)[:200]}")
+    # the server's own words, which some servers and proxies write the key into
+    message = str(e.message).replace(key, "***") if key else str(e.message)
+    return RequestFailed("http_4xx", f"HTTP {code}: {message[:200]}")
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -297,7 +345,9 @@ def ask_all(
     try:
         pending: set[Future] = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # each answer goes to the cache as soon as it arrives: SIGKILL gives no chance
+            # to save what finished earlier in the batch (the except below does for Ctrl-C)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 record(futures[fut], fut)
     except BaseException:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smolforge import chat
-from smolforge.cli import StageError
+from smolforge.cli import StageError, produced_by
 
 
 @dataclass
@@ -43,15 +43,12 @@ class HFChat:
 
     def __init__(self, folder: Path, threads: int = 1):
         import torch
-        from transformers import AutoModelForCausalLM
 
         from smolforge import tokenizer
-        from smolforge.basemodel import quiet_loading
+        from smolforge.basemodel import load_trained
 
-        quiet_loading()
         torch.set_num_threads(threads)
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder))
-        self.model.eval()
+        self.model = load_trained(folder)
         self.tok = tokenizer.load(folder)
         sidecar = folder / "smolforge.json"
         task = json.loads(sidecar.read_text())["task"] if sidecar.is_file() else {}
@@ -90,7 +87,10 @@ class GGUFChat:
     def __init__(self, path: Path, threads: int = 1, n_ctx: int = 2048):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        try:
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        except ValueError as e:  # llama.cpp's "Failed to load model from file": damaged or truncated
+            raise StageError(f"{path}: llama.cpp cannot load it ({e}) {produced_by('convert')}") from None
         meta = self.llm.metadata
         self.template = meta.get("tokenizer.chat_template")
         if not self.template:

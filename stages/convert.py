@@ -114,9 +114,11 @@ def check_hf_dir(hf: Path) -> dict:
     if not path.is_file():
         raise StageError(f"{path}: file not found {where}")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_bytes())
     except json.JSONDecodeError as e:
         raise StageError(f"{path}: not valid JSON ({e.msg}) {where}") from None
+    except UnicodeDecodeError as e:
+        raise StageError(f"{path}: not valid JSON (not UTF-8: {e.reason}) {where}") from None
     if not isinstance(config, dict) or config.get("model_type") != "llama":
         found = config.get("model_type") if isinstance(config, dict) else None
         raise StageError(f'{path}: model_type {found!r} is not a Llama (expected "llama") {where}')
@@ -133,8 +135,8 @@ def read_task(hf: Path) -> dict:
     if not path.is_file():
         raise StageError(f"{path}: file not found {where}")
     try:
-        task = json.loads(path.read_text(encoding="utf-8")).get("task")
-    except (json.JSONDecodeError, AttributeError):
+        task = json.loads(path.read_bytes()).get("task")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         raise StageError(f"{path}: not a JSON object {where}") from None
     if not isinstance(task, dict):
         raise StageError(f'{path}: field "task": expected an object, got {task!r} {where}')

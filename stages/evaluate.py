@@ -39,7 +39,7 @@ from pathlib import Path
 
 from smolforge import nets, netsformat
 from smolforge.cli import StageError, produced_by, run
-from smolforge.io import atomic_dir, atomic_file, read_jsonl, write_json, write_jsonl
+from smolforge.io import atomic_dir, atomic_file, meta_count, read_jsonl, read_meta, write_json, write_jsonl
 from smolforge.log import setup
 from smolforge.params import load_params
 
@@ -51,6 +51,9 @@ class EvaluateParams:
     batch_size: int
     threads: int
     max_test: int  # evaluate at most this many nets per set (<= 0: all)
+
+    def check(self) -> list[str]:
+        return [f"{k}: expected >= 1" for k in ("batch_size", "threads") if getattr(self, k) < 1]
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,12 @@ class ChatEvaluateParams:
         return errors + ([] if self.prompts else ["prompts: expected at least one prompt"])
 
 
-def read_nets(path: Path, stage: str | None) -> list[dict]:
+def read_nets(path: Path, stage: str | None, expected: int | None = None) -> list[dict]:
     """Records with a parseable "net"; `stage` names who wrote the file (None: the user)."""
     origin = produced_by(stage) if stage else '(a nets JSONL file: one {"net": "A B ..."} per line)'
     out = []
-    for lineno, rec in enumerate(read_jsonl(path, stage or "evaluate", required=("net",)), 1):
+    records = read_jsonl(path, stage or "evaluate", required=("net",), expected=expected)
+    for lineno, rec in enumerate(records, 1):
         net = nets.parse(str(rec["net"]))
         if net is None:
             raise StageError(f'{path}:{lineno}: field "net": {rec["net"]!r} is not a net {origin}')
@@ -79,21 +83,33 @@ def read_nets(path: Path, stage: str | None) -> list[dict]:
     return out
 
 
+def read_sidecar(hf_dir: Path) -> dict:
+    """train's smolforge.json (task fields, tokenizer hash, train params), checked."""
+    sidecar, where = hf_dir / "smolforge.json", produced_by("train")
+    if not (hf_dir / "config.json").is_file() or not sidecar.is_file():
+        raise StageError(f"{hf_dir}: not a trained model directory {where}")
+    try:
+        info = json.loads(sidecar.read_bytes())
+    except json.JSONDecodeError as e:
+        raise StageError(f"{sidecar}: not valid JSON ({e.msg}) {where}") from None
+    except UnicodeDecodeError as e:
+        raise StageError(f"{sidecar}: not valid JSON (not UTF-8: {e.reason}) {where}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("task"), dict):
+        raise StageError(f'{sidecar}: field "task": expected an object {where}')
+    return info
+
+
 def load_model(hf_dir: Path):
     """Model, tokenizer and task fields from train's output directory."""
-    sidecar = hf_dir / "smolforge.json"
-    if not (hf_dir / "config.json").is_file() or not sidecar.is_file():
-        raise StageError(f"{hf_dir}: not a trained model directory {produced_by('train')}")
-    task = json.loads(sidecar.read_text())["task"]
+    task = read_sidecar(hf_dir)["task"]
     if task.get("task") != "nets":
-        raise StageError(f"{sidecar}: model was trained for task {task.get('task')!r}, not nets")
-    from transformers import AutoModelForCausalLM
-
+        raise StageError(
+            f"{hf_dir / 'smolforge.json'}: model was trained for task {task.get('task')!r}, not nets"
+        )
     from smolforge import tokenizer
+    from smolforge.basemodel import load_trained
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir))
-    model.eval()
-    return model, tokenizer.load(hf_dir), task
+    return load_trained(hf_dir), tokenizer.load(hf_dir), task
 
 
 def solve(model, tok, task: dict, items: list[dict], batch_size: int) -> list[tuple[list[str], bool]]:
@@ -166,11 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument(f"--{name}", type=Path, required=True)
     args = ap.parse_args(argv)
     log = setup("evaluate")
-    sidecar = args.hf / "smolforge.json"
-    if not (args.hf / "config.json").is_file() or not sidecar.is_file():
-        raise StageError(f"{args.hf}: not a trained model directory {produced_by('train')}")
-    info = json.loads(sidecar.read_text())
-    if info.get("task", {}).get("task") == "chat":
+    info = read_sidecar(args.hf)
+    if info["task"].get("task") == "chat":
         p = load_params(f"evaluate.{args.model}", ChatEvaluateParams, args.params)
         evaluate_chat(args, p, info, log)
     else:
@@ -181,7 +194,6 @@ def evaluate_chat(args, p: ChatEvaluateParams, info: dict, log) -> None:
     """Validation loss of the finetune and of its base on the same held-out tokens, and
     both models' answers to a fixed prompt set (OUT/answers.md, a readable table)."""
     from smolforge import chateval
-    from smolforge.io import read_meta
     from smolforge.tokens import read_split
 
     # ---- load and check every input first
@@ -224,8 +236,9 @@ def evaluate_chat(args, p: ChatEvaluateParams, info: dict, log) -> None:
 def evaluate_nets(args, p: EvaluateParams, log) -> None:
     # ---- load and check every input first
     if args.src.is_dir():
+        meta = read_meta(args.src, "generate", versions=(1,))
         sets = {
-            name: read_nets(args.src / f"{name}.jsonl", "generate")
+            name: read_nets(args.src / f"{name}.jsonl", "generate", meta_count(meta, name))
             for name in ("test", "ood", "stratified12")
         }
     else:

@@ -31,7 +31,7 @@ from typing import Literal
 
 from smolforge import chat, chatformat, nets, netsformat
 from smolforge.cli import StageError, produced_by, run
-from smolforge.io import atomic_dir, read_jsonl, read_meta, write_json, write_jsonl
+from smolforge.io import atomic_dir, meta_count, read_jsonl, read_meta, write_json, write_jsonl
 from smolforge.log import setup
 from smolforge.params import load_params, read_yaml
 
@@ -77,11 +77,12 @@ class ChatFormatParams:
         return errors
 
 
-def read_nets(folder: Path, split: str) -> list[str]:
+def read_nets(folder: Path, split: str, meta: dict) -> list[str]:
     """Compact nets of one generate split; a malformed net names its line."""
     path = folder / f"{split}.jsonl"
     out = []
-    for lineno, rec in enumerate(read_jsonl(path, "generate", required=("net",)), 1):
+    records = read_jsonl(path, "generate", required=("net",), expected=meta_count(meta, split))
+    for lineno, rec in enumerate(records, 1):
         net = nets.parse(str(rec["net"]))
         if net is None:
             raise StageError(
@@ -115,9 +116,9 @@ def build(split_nets: list[str], split: str, p: NetsFormatParams, heldout: set[s
 
 def format_nets(args, p: NetsFormatParams, log) -> None:
     # ---- load and check every input before writing anything
-    read_meta(args.src, "generate", versions=(1,))
-    heldout = {net for split in HELDOUT for net in read_nets(args.src, split)}
-    train_nets, val_nets = read_nets(args.src, "train"), read_nets(args.src, "val")
+    meta = read_meta(args.src, "generate", versions=(1,))
+    heldout = {net for split in HELDOUT for net in read_nets(args.src, split, meta)}
+    train_nets, val_nets = read_nets(args.src, "train", meta), read_nets(args.src, "val", meta)
 
     # ---- transform
     train, dropped_train = build(train_nets, "train", p, heldout)
@@ -159,7 +160,7 @@ def format_nets(args, p: NetsFormatParams, log) -> None:
 
 def read_chat_sources(folder: Path, p: ChatFormatParams) -> dict[str, list[dict]]:
     """synthesize's records of every source with a weight; checked line by line."""
-    read_meta(folder, "synthesize", versions=(1,))
+    meta = read_meta(folder, "synthesize", versions=(1,))
     files = {"essays": "documents.jsonl", "conversations": "conversations.jsonl", "qa": "qa.jsonl"}
     out = {}
     for source, weight in p.sources.items():
@@ -167,7 +168,9 @@ def read_chat_sources(folder: Path, p: ChatFormatParams) -> dict[str, list[dict]
             continue
         path = folder / files[source]
         required = ("id", "title", "text") if source == "essays" else ("id", "messages")
-        records = read_jsonl(path, "synthesize", required=required)
+        # synthesize counts its conversations and QA pairs (documents pass through uncounted)
+        expected = meta_count(meta, "records", source)
+        records = read_jsonl(path, "synthesize", required=required, expected=expected)
         for lineno, rec in enumerate(records, 1):
             problem = _record_problem(rec, source)
             if problem:

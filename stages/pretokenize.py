@@ -29,7 +29,7 @@ from typing import Literal
 
 from smolforge import chat, tokenizer, tokens
 from smolforge.cli import StageError, produced_by, run
-from smolforge.io import atomic_dir, read_jsonl, read_meta, write_json
+from smolforge.io import atomic_dir, meta_count, read_jsonl, read_meta, write_json
 from smolforge.log import setup
 from smolforge.params import load_params
 
@@ -77,10 +77,10 @@ class PretokenizeParams:
         return problems
 
 
-def read_segments(path: Path) -> list[list[tuple[str, bool]]]:
+def read_segments(path: Path, expected: int | None) -> list[list[tuple[str, bool]]]:
     """Each example's rendered segments; a malformed one names its line."""
     out = []
-    for lineno, rec in enumerate(read_jsonl(path, "format", required=("segments",)), 1):
+    for lineno, rec in enumerate(read_jsonl(path, "format", required=("segments",), expected=expected), 1):
         segs = rec["segments"]
         if not isinstance(segs, list) or not all(
             isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and isinstance(s[1], bool)
@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     # ---- load and check
     fmeta = read_meta(args.src, "format", versions=(1,))
     paths = {name: args.src / f"{name}.jsonl" for name in ("train", "val")}
-    splits = {name: read_segments(path) for name, path in paths.items()}
+    splits = {
+        name: read_segments(path, meta_count(fmeta, f"{name}_examples")) for name, path in paths.items()
+    }
 
     # ---- tokenizer: trained ones learn from the training split only
     train_texts = ["".join(t for t, _ in ex) for ex in splits["train"]]
@@ -196,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
             "pad_id": hf_tok.pad_token_id,
             "counts": counts,
             "task": {
-                k: fmeta[k] for k in ("task", "trace", "strategy", "chat_style", "stop", "system") if k in fmeta
+                k: fmeta[k]
+                for k in ("task", "trace", "strategy", "chat_style", "stop", "system")
+                if k in fmeta
             },
         }
         write_json(tmp / "meta.json", meta)

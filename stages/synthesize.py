@@ -44,7 +44,7 @@ from typing import Literal
 
 from smolforge import llama_server, synthtasks
 from smolforge.cli import StageError, run
-from smolforge.io import atomic_dir, read_jsonl, read_meta, write_json, write_jsonl
+from smolforge.io import atomic_dir, meta_count, read_jsonl, read_meta, write_json, write_jsonl
 from smolforge.llm import FAIL_REASONS, AskStats, Client, EndpointError, Request, RetryPolicy, ask_all
 from smolforge.llmcache import RequestCache
 from smolforge.log import setup
@@ -156,8 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     # ---- load and check: everything that can fail does so before any request or write
     words = synthtasks.read_words(c.words) if "conversations" in p.tasks else []
     # the documents are passed through whatever the tasks: format@chat reads this one folder
-    read_meta(args.scrape, "scrape", [1])
-    docs = read_jsonl(args.scrape / "pages.jsonl", "scrape", required=("id", "title", "text"))
+    smeta = read_meta(args.scrape, "scrape", [1])
+    docs = read_jsonl(
+        args.scrape / "pages.jsonl", "scrape", ("id", "title", "text"), meta_count(smeta, "documents")
+    )
     endpoint = Endpoint(p)
     chunks = synthtasks.plan_chunks(q, docs if "qa" in p.tasks else [])
 

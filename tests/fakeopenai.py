@@ -182,3 +182,58 @@ def drop() -> Fault:
         h.close_connection = True
 
     return fault
+
+
+def truncated() -> Fault:
+    """A 200 whose body stops halfway through its Content-Length, then the connection closes."""
+
+    def fault(h: _Handler, body: dict) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", "4000")
+        h.end_headers()
+        h.wfile.write(b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "mess')
+        h.close_connection = True
+
+    return fault
+
+
+def redirect_to_self(code: int = 307) -> Fault:
+    """A redirect to the URL just asked for (a loop); 307 keeps the POST and its body."""
+    return lambda h, _: h.send(code, b"", {"Location": h.path})
+
+
+def charset(encoding: str, declared: str = "utf-8") -> Fault:
+    """A well-formed answer (with non-ASCII text) encoded in `encoding` but declared `declared`."""
+
+    def fault(h: _Handler, body: dict) -> None:
+        text = "Un café naïve, déjà vu."
+        resp = {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}]}  # fmt: skip
+        data = json.dumps(resp, ensure_ascii=False).encode(encoding)
+        h.send_response(200)
+        h.send_header("Content-Type", f"application/json; charset={declared}")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    return fault
+
+
+def endless(chunk: int = 1 << 16, pause_s: float = 0.0) -> Fault:
+    """A 200 whose body never ends (HTTP/1.0, no Content-Length: it runs until the connection
+    closes): fast, a huge answer; with `pause_s` between chunks, a trickle."""
+
+    def fault(h: _Handler, _: dict) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.end_headers()
+        h.wfile.write(b'{"id": "x", "choices": [')
+        while not h.fake.stop.is_set():
+            h.wfile.write(b" " * chunk)
+            h.wfile.flush()
+            if pause_s:
+                h.fake.stop.wait(pause_s)
+
+    return fault

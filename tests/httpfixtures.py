@@ -205,3 +205,27 @@ def drop() -> Route:
         h.close_connection = True
 
     return route
+
+
+def truncated(body: bytes, claimed: int) -> Route:
+    """A 200 that claims `claimed` bytes, sends `body` (fewer) and closes the connection."""
+
+    def route(h: Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html; charset=utf-8")
+        h.send_header("Content-Length", str(claimed))
+        h.end_headers()
+        h.wfile.write(body)
+        h.close_connection = True
+
+    return route
+
+
+def raw(data: bytes) -> Route:
+    """Bytes written as they are, instead of an HTTP answer (e.g. no status line)."""
+
+    def route(h: Handler) -> None:
+        h.wfile.write(data)
+        h.close_connection = True
+
+    return route

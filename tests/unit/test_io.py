@@ -167,3 +167,66 @@ def test_read_meta_missing_or_bad_json(tmp_path):
     (tmp_path / "meta.json").write_text("{")
     with pytest.raises(StageError, match="meta.json: not valid JSON"):
         read_meta(tmp_path, "pretokenize", [1])
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+def test_temps_of_killed_writers_are_swept_by_the_next_write(tmp_path):
+    from smolforge.io import sweep_stale
+
+    dead, live = dead_pid(), os.getppid()
+    (tmp_path / f".out.{dead}.abcd1234.tmp").mkdir()  # atomic_dir's temp, killed mid-write
+    (tmp_path / f".m.json.{dead}.k2j3h4l5.tmp").write_text("{")  # atomic_file's
+    (tmp_path / f".out.old.{dead}").mkdir()  # killed between atomic_dir's two renames
+    (tmp_path / f".m.json.{live}.zzzzzzzz.tmp").write_text("{")  # a writer still running
+    (tmp_path / ".keep.tmp").write_text("not ours")
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert sorted(os.listdir(tmp_path)) == sorted([f".m.json.{live}.zzzzzzzz.tmp", ".keep.tmp", "out"])
+    assert sweep_stale(tmp_path / "missing") == []
+
+
+def test_temp_names_carry_the_writers_pid(tmp_path):
+    seen = []
+    with atomic_file(tmp_path / "a.txt") as f:
+        seen += os.listdir(tmp_path)
+        f.write("x")
+    with atomic_dir(tmp_path / "d"):
+        seen += [n for n in os.listdir(tmp_path) if n.startswith(".d.")]
+    assert seen[0].startswith(f".a.txt.{os.getpid()}.") and seen[1].startswith(f".d.{os.getpid()}.")
+
+
+def test_read_jsonl_checks_the_count_meta_json_gives(tmp_path):
+    from smolforge.io import meta_count
+
+    write_jsonl(tmp_path / "r.jsonl", [{"id": 1}, {"id": 2}])
+    assert len(read_jsonl(tmp_path / "r.jsonl", "format", expected=2)) == 2
+    with pytest.raises(StageError) as e:
+        read_jsonl(tmp_path / "r.jsonl", "format", expected=3)
+    assert str(e.value) == (
+        f"{tmp_path}/r.jsonl: 2 records, but {tmp_path}/meta.json says 3 (truncated or edited?) "
+        "(written by stage format; run: dvc repro format)"
+    )
+    meta = {"counts": {"train": 5, "records": {"qa": 2}, "flag": True}}
+    assert meta_count(meta, "train") == 5 and meta_count(meta, "records", "qa") == 2
+    assert (
+        meta_count(meta, "val") is None and meta_count(meta, "flag") is None and meta_count({}, "x") is None
+    )
+
+
+def test_bytes_that_are_not_utf8_are_named_not_a_traceback(tmp_path):
+    (tmp_path / "r.jsonl").write_bytes(b'{"id": 1}\n{"id": "\x93"}\n')
+    with pytest.raises(StageError, match=r"r.jsonl:2: not valid UTF-8 \(invalid start byte\)"):
+        read_jsonl(tmp_path / "r.jsonl", "format")
+    (tmp_path / "meta.json").write_bytes(b"\x00\x93{")
+    with pytest.raises(StageError, match=r"meta.json: not valid JSON \(not UTF-8: invalid start byte\)"):
+        read_meta(tmp_path, "format", [1])

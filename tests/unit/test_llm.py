@@ -292,3 +292,30 @@ def test_concurrency_is_bounded(tmp_path):
         with RequestCache(tmp_path / "r.jsonl") as cache:
             got = ask_all(reqs(12), cache, "e", lambda: client(srv.base_url)[0], 3, AskStats())
     assert len(got) == 12 and 2 <= srv.max_in_flight <= 3
+
+
+def test_each_answer_is_cached_as_it_arrives_not_at_the_end_of_the_batch(tmp_path):
+    """A SIGKILL leaves no time to save the batch's answers: each must be on disk at once."""
+    import threading
+
+    release, answered = threading.Event(), []
+
+    def reply(body):
+        if len(answered) == 2:
+            release.wait(20)  # the third answer is held back
+        answered.append(1)
+        return fake_server.default_reply(body)
+
+    path = tmp_path / "r.jsonl"
+    with fake_server.serve(reply=reply) as srv, RequestCache(path) as cache:
+        args = (reqs(3), cache, "e", lambda: client(srv.base_url)[0], 1, AskStats())
+        worker = threading.Thread(target=ask_all, args=args)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while len(srv.posts()) < 3 or len(path.read_text().splitlines()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert len(path.read_text().splitlines()) == 2  # while the third is still waited for
+        release.set()
+        worker.join()
+    assert len(path.read_text().splitlines()) == 3
