@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -119,7 +120,8 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     lock = (repo / "dvc.lock").read_text()
     forced = sh(repo, "dvc", "repro", "-f")
     assert len(ran(forced)) == len(ran(first))
-    assert (repo / "dvc.lock").read_text() == lock
+    again = (repo / "dvc.lock").read_text()
+    assert again == lock, "".join(difflib.unified_diff(lock.splitlines(True), again.splitlines(True), n=8))
 
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny run")

@@ -292,3 +292,14 @@ def test_concurrency_is_bounded(tmp_path):
         with RequestCache(tmp_path / "r.jsonl") as cache:
             got = ask_all(reqs(12), cache, "e", lambda: client(srv.base_url)[0], 3, AskStats())
     assert len(got) == 12 and 2 <= srv.max_in_flight <= 3
+
+
+def test_replicas_share_the_requests_in_flight(tmp_path):
+    reqs = [dataclasses.replace(COMPLETION, seed=s) for s in range(6)]
+    with fake_server.serve(delay_s=0.2) as a, fake_server.serve(delay_s=0.2) as b:
+        c = Client(a.base_url, "sk-a", POLICY, replicas=[(b.base_url, "sk-b")])
+        with RequestCache(tmp_path / "cache.jsonl") as cache:
+            got = ask_all(reqs, cache, "e", lambda: c, 2, AskStats())
+    assert len(got) == 6
+    # two in flight, two servers: each worker keeps the server it freed (3 and 3, give or take timing)
+    assert len(a.posts()) + len(b.posts()) == 6 and min(len(a.posts()), len(b.posts())) >= 2
