@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.common import Row, machine
+from bench.common import OtherLoad, Row, machine
 
 NAMES = ("matmul", "trainer", "decode", "pretokenize", "synthesize", "dvc")
 
@@ -32,6 +32,33 @@ def table(rows: list[Row]) -> str:
         ok = {True: "yes", False: "**no**", None: ""}[r.ok]
         lines.append(f"| {r.name} | {r.value:,} {r.unit} | {base} | {r.ratio:,} | {r.target} | {ok} |")
     return "\n".join(lines)
+
+
+def run_one(name: str, args: argparse.Namespace) -> list[Row]:
+    """One benchmark's rows (each module imports torch or starts servers: only on demand)."""
+    if name == "matmul":
+        from bench import matmul
+
+        return matmul.run(args.quick)
+    if name == "trainer":
+        from bench import trainer
+
+        return trainer.run(args.quick, args.tokens)
+    if name == "decode":
+        from bench import decode
+
+        return decode.run(args.quick)
+    if name == "pretokenize":
+        from bench import pretok
+
+        return pretok.run(args.quick)
+    if name == "synthesize":
+        from bench import synth
+
+        return synth.run(args.quick)
+    from bench import dvc_noop
+
+    return dvc_noop.run(args.quick, args.repo)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,36 +85,18 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     t0 = time.perf_counter()
 
-    def add(new: list[Row]) -> None:
+    def add(new: list[Row], others: OtherLoad) -> None:
+        share = others.share()
+        for r in new:  # how busy other processes kept the machine while the row was measured
+            r.note = f"{r.note}; other processes used {100 * share:.0f}% of the CPUs".lstrip("; ")
         rows.extend(new)
         for r in new:
             print(f"  {r.name}: {r.ratio:,} ({r.value:,} vs {r.baseline:,} {r.unit}) {r.note}", flush=True)
 
-    # the matmul peak is the MFU denominator: measured in this same run, first
-    from bench import matmul, trainer
-
-    threads = trainer.load_params("train.nets", trainer.TrainParams, trainer.ROOT / "params.yaml").threads
-    mm_rows, peak = matmul.run(args.quick, threads)
-    if "matmul" in only or "trainer" in only:
-        add(mm_rows)
-    if "trainer" in only:
-        add(trainer.run(args.quick, peak, args.tokens))
-    if "decode" in only:
-        from bench import decode
-
-        add(decode.run(args.quick))
-    if "pretokenize" in only:
-        from bench import pretok
-
-        add(pretok.run(args.quick))
-    if "synthesize" in only:
-        from bench import synth
-
-        add(synth.run(args.quick))
-    if "dvc" in only:
-        from bench import dvc_noop
-
-        add(dvc_noop.run(args.quick, args.repo))
+    for name in NAMES:
+        if name in only:
+            others = OtherLoad()
+            add(run_one(name, args), others)
 
     info["bench_s"] = round(time.perf_counter() - t0)
     info["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)

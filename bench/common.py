@@ -73,6 +73,35 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+class OtherLoad:
+    """CPU time other processes used while a benchmark ran, as a share of the machine:
+    /proc/stat's busy time minus this process's and its children's (0.5 on 2 cores: one
+    core busy elsewhere on average). The load average would count the benchmark itself."""
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), _busy_s(), _ours_s()
+
+    def share(self) -> float:
+        wall = time.perf_counter() - self.t0
+        others = (_busy_s() - self.busy0) - (_ours_s() - self.ours0)
+        return max(0.0, others / (wall * (os.cpu_count() or 1)))
+
+
+def _busy_s() -> float:
+    """Seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _ours_s() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def machine() -> dict:
     """The machine the figures come from (CPU model from lscpu, cores, torch)."""
     model = platform.processor() or platform.machine()

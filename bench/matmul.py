@@ -1,4 +1,5 @@
-"""The machine's measured matmul peak, fp32 and bf16: the denominator of MFU.
+"""The machine's measured matmul peak, fp32 and bf16 (bench.trainer measures its MFU
+denominator with the same probe, in the same rounds as the trainer).
 
 A square (N, N) @ (N, N) matmul costs 2 N^3 FLOPs; N = 1024 is big enough for the
 BLAS kernels to run at full speed and small enough to stay in a 2-core budget.
@@ -6,9 +7,13 @@ BLAS kernels to run at full speed and small enough to stay in a 2-core budget.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from bench.common import Row, interleave, median, timed
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
@@ -23,11 +28,14 @@ def gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
     return 2 * n**3 * reps / timed(work) / 1e9
 
 
-def run(quick: bool, threads: int) -> tuple[list[Row], dict[str, float]]:
-    """Rows for the table, and the peaks in GFLOP/s by dtype name (for MFU).
+def run(quick: bool) -> list[Row]:
+    """The matmul row: bf16 vs fp32 at train.nets' threads. A peak is what the machine
+    reaches when nothing interferes, so it is the best round, not the median (the note
+    gives the medians too)."""
+    from smolforge.params import load_params
+    from stages.train import TrainParams
 
-    A peak is what the machine reaches when nothing interferes, so it is the best round,
-    not the median (the note gives the median too)."""
+    threads = load_params("train.nets", TrainParams, ROOT / "params.yaml").threads
     torch.set_num_threads(threads)
     n, seconds, rounds = 1024, 0.25, 5 if quick else 9
     got = interleave(
@@ -47,7 +55,7 @@ def run(quick: bool, threads: int) -> tuple[list[Row], dict[str, float]]:
         ratio=round(peak["bfloat16"] / peak["float32"], 2),
         target="",
         ok=None,
-        note=f"best of {rounds} rounds, the MFU denominators (medians {med['bfloat16']:.0f} and {med['float32']:.0f})",
+        note=f"best of {rounds} rounds (medians {med['bfloat16']:.0f} and {med['float32']:.0f})",
         samples=got,
     )
-    return [row], peak
+    return [row]
