@@ -26,6 +26,10 @@ class Batch:
     n_tokens: int  # real (non-pad) tokens
     n_targets: int  # tokens that count in the loss
 
+    def to(self, device: torch.device) -> Batch:
+        """The same batch on `device` (itself when it is there already)."""
+        return Batch(self.input_ids.to(device), self.labels.to(device), self.n_tokens, self.n_targets)
+
 
 def collate(split: TokenSplit, indices: list[int], pad_id: int) -> Batch:
     """Right-pad the examples `indices` of `split` into one batch."""
@@ -39,6 +43,18 @@ def collate(split: TokenSplit, indices: list[int], pad_id: int) -> Batch:
     n_tokens = sum(len(t) for t, _ in examples)
     n_targets = int((labels[:, 1:] != IGNORE).sum())  # position 0 is never predicted
     return Batch(torch.from_numpy(ids), torch.from_numpy(labels), n_tokens, n_targets)
+
+
+def count(split: TokenSplit, indices: list[int]) -> tuple[int, int]:
+    """(real tokens, loss targets) of the examples `indices`, counted as `collate` counts
+    them, without building the batch (each rank of a distributed step needs the global
+    batch's counts, but builds only its own share)."""
+    n_tokens, n_targets = 0, 0
+    for i in indices:
+        a, b = int(split.offsets[i]), int(split.offsets[i + 1])
+        n_tokens += b - a
+        n_targets += int(np.count_nonzero(split.mask[a + 1 : b]))  # position 0 is never predicted
+    return n_tokens, n_targets
 
 
 class Sampler:
@@ -91,8 +107,9 @@ class Sampler:
         return {"epoch": self.epoch, "index": self.index}
 
 
-def eval_batches(split: TokenSplit, batch_size: int, pad_id: int, limit: int):
-    """Fixed, in-order batches over the first `limit` examples (all when limit <= 0)."""
+def eval_batches(split: TokenSplit, batch_size: int, pad_id: int, limit: int, rank: int = 0, world: int = 1):
+    """Fixed, in-order batches over the first `limit` examples (all when limit <= 0);
+    with `world` > 1 only batches rank, rank + world, ... of them."""
     n = len(split) if limit <= 0 else min(limit, len(split))
-    for start in range(0, n, batch_size):
+    for start in range(rank * batch_size, n, world * batch_size):
         yield collate(split, list(range(start, min(start + batch_size, n))), pad_id)

@@ -132,35 +132,34 @@ class AskStats:
 class Client:
     """An `openai.OpenAI` client for `base_url`; retries are counted in `stats`.
 
-    `close()` also makes requests still running give up at their next retry, so a
-    stage that stops (Ctrl-C, an error) is not held up by backoff waits.
+    `replicas` are more (base_url, api_key) pairs serving the same model (the embedded
+    server started several times); each attempt goes to the server with the fewest
+    requests in flight, the first on a tie. `close()` also makes requests still running
+    give up at their next retry, so a stage that stops (Ctrl-C, an error) is not held up
+    by backoff waits.
     """
 
     def __init__(
-        self, base_url: str, api_key: str, policy: RetryPolicy, sleep: Callable[[float], object] | None = None
+        self,
+        base_url: str,
+        api_key: str,
+        policy: RetryPolicy,
+        sleep: Callable[[float], object] | None = None,
+        replicas: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.policy, self.stats = policy, AskStats()
         self._closed = threading.Event()
         self._sleep = sleep or self._closed.wait  # tests record the waits instead
         self._lock = threading.Lock()
-        # proxies from the environment never apply to a server on this machine
-        local = urlsplit(base_url).hostname in _LOOPBACK
-        http_client = openai.DefaultHttpxClient(
-            trust_env=not local, event_hooks={"response": [functools.partial(_bound_body, policy.timeout_s)]}
-        )
-        self._openai = openai.OpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=0,
-            timeout=policy.timeout_s,
-            http_client=http_client,
-        )
+        self._servers = [_openai_client(u, k, policy) for u, k in [(base_url, api_key), *replicas]]
+        self._in_flight = [0] * len(self._servers)
         self.base_url = base_url
         self._key = api_key  # only to blank it out of what the server says back
 
     def close(self) -> None:
         self._closed.set()
-        self._openai.close()
+        for server in self._servers:
+            server.close()
 
     def ask(self, req: Request) -> Response:
         """The server's answer to `req`; raises RequestFailed or EndpointError."""
@@ -192,12 +191,15 @@ class Client:
             kw["stop"] = list(s.stop)
         with self._lock:
             self.stats.requests += 1
+            i = min(range(len(self._servers)), key=self._in_flight.__getitem__)
+            self._in_flight[i] += 1
+        server = self._servers[i]
         try:
             if req.messages is not None:
                 msgs = [{"role": r, "content": c} for r, c in req.messages]
-                out = self._openai.chat.completions.create(messages=msgs, **kw)
+                out = server.chat.completions.create(messages=msgs, **kw)
             else:
-                out = self._openai.completions.create(prompt=req.prompt, **kw)
+                out = server.completions.create(prompt=req.prompt, **kw)
             return _response(out, chat=req.messages is not None)
         except openai.APIStatusError as e:
             raise _status_error(e, self.base_url, self._key) from None
@@ -209,6 +211,20 @@ class Client:
             raise Transient("connection", f"{type(e.__cause__ or e).__name__}: {self.base_url}") from None
         except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as e:
             raise Transient("bad_response", f"malformed answer ({type(e).__name__})") from None
+        finally:
+            with self._lock:
+                self._in_flight[i] -= 1
+
+
+def _openai_client(base_url: str, api_key: str, policy: RetryPolicy) -> openai.OpenAI:
+    # proxies from the environment never apply to a server on this machine
+    local = urlsplit(base_url).hostname in _LOOPBACK
+    http_client = openai.DefaultHttpxClient(
+        trust_env=not local, event_hooks={"response": [functools.partial(_bound_body, policy.timeout_s)]}
+    )
+    return openai.OpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=policy.timeout_s, http_client=http_client
+    )
 
 
 class AnswerTooLarge(httpx.DecodingError):

@@ -12,6 +12,7 @@ numpy only, so text stages can read them without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,8 @@ def write_split(folder: Path, name: str, examples: list[tuple[list[int], list[in
     lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
     offsets = np.zeros(len(examples) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    tokens = np.fromiter((t for ids, _ in examples for t in ids), dtype=dtype, count=offsets[-1])
-    mask = np.fromiter((m for _, ms in examples for m in ms), dtype=np.uint8, count=offsets[-1])
+    tokens = np.fromiter(chain.from_iterable(ids for ids, _ in examples), dtype=dtype, count=offsets[-1])
+    mask = np.fromiter(chain.from_iterable(ms for _, ms in examples), dtype=np.uint8, count=offsets[-1])
     for suffix, arr in (("bin", tokens), ("idx", offsets), ("mask", mask)):
         with atomic_file(folder / f"{name}.{suffix}", "wb") as f:
             f.write(arr.tobytes())

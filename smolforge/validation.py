@@ -38,14 +38,25 @@ def example_losses(model, split: TokenSplit, batch_size: int, pad_id: int) -> li
     return out
 
 
-def mean_loss(model, split: TokenSplit, batch_size: int, pad_id: int, limit: int = 0) -> float:
-    """Mean target-token loss over the first `limit` examples (all when limit <= 0)."""
+def loss_total(
+    model, split: TokenSplit, batch_size: int, pad_id: int, limit: int = 0, rank: int = 0, world: int = 1
+) -> tuple[float, int]:
+    """(summed target loss, target count) over the first `limit` examples (all when
+    limit <= 0); with `world` > 1 only over evaluation batches rank, rank + world, ...
+    (the caller sums over ranks)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in eval_batches(split, batch_size, pad_id, limit):
-            total += loss_sum(model, batch).item()
+        for batch in eval_batches(split, batch_size, pad_id, limit, rank, world):
+            total += loss_sum(model, batch.to(device)).item()
             count += batch.n_targets
     model.train(was_training)
+    return total, count
+
+
+def mean_loss(model, split: TokenSplit, batch_size: int, pad_id: int, limit: int = 0) -> float:
+    """Mean target-token loss over the first `limit` examples (all when limit <= 0)."""
+    total, count = loss_total(model, split, batch_size, pad_id, limit)
     return total / max(count, 1)

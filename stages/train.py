@@ -17,6 +17,11 @@ Run by hand:
         --out models/nets/hf --state models/nets/state --metrics metrics/train/nets.json \
         --timing metrics/train/nets_timing.json \
         --train-curve metrics/train/nets_train_loss.csv --val-curve metrics/train/nets_val_loss.csv
+
+On N GPUs (or N CPU processes): set `processes: N` and the stage runs itself under
+torchrun, or run torchrun by hand (DDP, see smolforge/trainloop.py; `batch_size` stays
+the global batch; rank 0 alone writes):
+    torchrun --standalone --nproc_per_node=N -m stages.train --model nets ...
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +84,11 @@ class TrainParams:
     eval_examples: int  # validation examples per evaluation (<= 0: all)
     checkpoint_every: int  # steps
     log_every: int  # steps
-    threads: int
+    threads: int  # torch CPU threads, per process (under torchrun: per rank)
+    processes: int  # > 1: the stage runs itself under torchrun with this many (one per GPU)
+    device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when torch sees a GPU
+    dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast the forward (weights stay float32)
+    compile: bool  # torch.compile the training forward
 
     def check(self) -> list[str]:
         errors = []
@@ -88,9 +101,14 @@ class TrainParams:
             "checkpoint_every",
             "log_every",
             "threads",
+            "processes",
         ):
             if getattr(self, name) < 1:
                 errors.append(f"{name}: expected >= 1")
+        if self.processes > 1 and self.batch_size % self.processes:
+            errors.append(
+                f"batch_size: the global batch {self.batch_size} must divide over {self.processes} processes"
+            )
         if not 0 <= self.min_lr <= self.lr:
             errors.append("min_lr: expected 0 <= min_lr <= lr")
         if len(self.betas) != 2:
@@ -143,14 +161,32 @@ def main(argv: list[str] | None = None) -> None:
             f"than the longest training example ({longest} tokens)"
         )
 
+    if p.processes > 1 and "WORLD_SIZE" not in os.environ:
+        # ---- relaunch this very command under torchrun; its ranks do the work
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launch += [f"--nproc_per_node={p.processes}", "-m", "stages.train"]
+        log.info("running under torchrun: %d processes", p.processes)
+        rc = subprocess.run([*launch, *(sys.argv[1:] if argv is None else argv)]).returncode
+        if rc:
+            raise StageError(f"torchrun with {p.processes} processes exited with status {rc} (see above)")
+        return
+
     import numpy as np
     import torch
 
-    from smolforge import finetune, validation
+    from smolforge import finetune, trainloop
     from smolforge import model as model_lib
-    from smolforge.data import Sampler, collate
+    from smolforge.data import Sampler
 
     torch.set_num_threads(p.threads)
+    d = trainloop.setup(p.device, f"train.{args.model}.device")
+    if d.world > 1 and p.batch_size % d.world:
+        raise StageError(
+            f"params.yaml: train.{args.model}.batch_size {p.batch_size} is the global batch: it must "
+            f"divide evenly over the {d.world} processes of torchrun"
+        )
+    if not d.main:  # rank 0 alone reports
+        logging.getLogger().setLevel(logging.WARNING)
     if p.init == "scratch":
         config = model_lib.llama_config(
             p.model, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"]
@@ -165,16 +201,10 @@ def main(argv: list[str] | None = None) -> None:
             raise StageError(
                 f"{args.tokens}: an example of {longest} tokens exceeds the base's context {limit}"
             )
-        torch.manual_seed(p.seed)  # adapter dropout draws from here
+        torch.manual_seed(p.seed + d.rank)  # adapter dropout draws from here, a stream per rank
+    model.to(d.device)
     trainable = [q for q in model.parameters() if q.requires_grad]
-    decay = [q for q in trainable if q.dim() >= 2]
-    no_decay = [q for q in trainable if q.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=p.lr,
-        betas=tuple(p.betas),
-        fused=False,
-    )
+    opt = trainloop.optimizer(model, p.lr, p.betas, p.weight_decay)
     fp = checkpoint.fingerprint(
         dataclasses.asdict(p),
         [args.tokens / "meta.json", args.tokens / "train.bin", args.tokens / "train.mask"],
@@ -205,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("resumed from %s at step %d", args.state / checkpoint.CKPT, step)
 
     def save_state() -> None:
+        if not d.main:
+            return
         checkpoint.save(
             args.state,
             {
@@ -231,36 +263,30 @@ def main(argv: list[str] | None = None) -> None:
         p.init,
         f"{len(train_split):,}",
     )
+
+    def val_loss() -> float:
+        return trainloop.val_loss(model, val_split, p.batch_size, meta["pad_id"], p.eval_examples, d)
+
     if p.init != "scratch" and not history["val"]:
         # a finetune's curve starts at the base model's validation loss
-        history["val"].append(
-            [0, validation.mean_loss(model, val_split, p.batch_size, meta["pad_id"], p.eval_examples)]
-        )
+        history["val"].append([0, val_loss()])
         log.info("step 0/%d | val loss %.4f (the base model)", p.max_steps, history["val"][0][1])
 
     # ---- train
+    log.info("device %s, %d process(es), %s, compile %s", d.device, d.world, p.dtype, p.compile)
     model.train()
+    fwd = trainloop.wrap(model, d, p.compile)
     window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
     while step < p.max_steps:
         t0 = time.perf_counter()
         lr = lr_at(step, p)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batches = [collate(train_split, sampler.next_indices(), meta["pad_id"]) for _ in range(p.grad_accum)]
-        n_targets = sum(b.n_targets for b in batches)
-        for batch in batches:
-            loss = validation.loss_sum(model, batch) / n_targets  # mean over the whole step's targets
-            loss.backward()
-            window_loss += loss.item() * n_targets
-        if p.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        s = trainloop.next_step(train_split, sampler, p.grad_accum, meta["pad_id"], d)
+        for batch_loss in trainloop.step(fwd, model, opt, s, lr, p.grad_clip, p.dtype, d):
+            window_loss += batch_loss
         step += 1
-        step_tokens = sum(b.n_tokens for b in batches)
-        tokens_seen += step_tokens
-        window_targets += n_targets
-        window_tokens += step_tokens
+        tokens_seen += s.n_tokens
+        window_targets += s.n_targets
+        window_tokens += s.n_tokens
         window_steps += 1
         elapsed += time.perf_counter() - t0
 
@@ -280,13 +306,15 @@ def main(argv: list[str] | None = None) -> None:
             window_loss, window_targets = 0.0, 0
             window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
         if step % p.eval_every == 0 or step == p.max_steps:
-            val_loss = validation.mean_loss(model, val_split, p.batch_size, meta["pad_id"], p.eval_examples)
-            history["val"].append([step, val_loss])
-            log.info("step %d/%d | val loss %.4f", step, p.max_steps, val_loss)
+            history["val"].append([step, val_loss()])
+            log.info("step %d/%d | val loss %.4f", step, p.max_steps, history["val"][-1][1])
         if step % p.checkpoint_every == 0 or step == p.max_steps:
             save_state()
 
-    # ---- write the HF directory, metrics and curves
+    # ---- write the HF directory, metrics and curves (rank 0 alone)
+    trainloop.finish(d)
+    if not d.main:
+        return
     with atomic_dir(args.out) as tmp:
         model.generation_config.pad_token_id = meta["pad_id"]
         finetune.save(model, p.init, tmp)
@@ -320,6 +348,10 @@ def main(argv: list[str] | None = None) -> None:
             "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9)),
             "ms_per_step": round(1000 * elapsed / max(step, 1), 1),
             "threads": p.threads,
+            "processes": d.world,
+            "device": d.device.type,
+            "dtype": p.dtype,
+            "compile": p.compile,
         },
     )
     write_curve(args.train_curve, "step,train_loss,lr", history["train"])

@@ -91,3 +91,24 @@ def test_sequence_longer_than_model_is_refused_up_front(tiny_run, tmp_path, capl
     assert "max_seq_len 8 is shorter than the longest training example" in caplog.text
     assert listing(tmp_path) == ["params.yaml"]
     shutil.rmtree(tmp_path / "m", ignore_errors=True)
+
+
+def test_processes_above_one_relaunches_the_same_command_under_torchrun(tiny_run, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    params = tmp_path / "params.yaml"
+    params.write_text(tiny_run["params"].read_text().replace("processes: 1", "processes: 2"))
+    argv = train_argv(
+        params, {**tiny_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}, tmp_path / "m"
+    )
+    seen = []
+    monkeypatch.setattr(
+        train.subprocess, "run", lambda cmd: seen.append(cmd) or subprocess.CompletedProcess(cmd, 0)
+    )
+    train.main(argv)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert seen == [[*launcher, "-m", "stages.train", *argv]]
+    assert listing(tmp_path) == ["params.yaml"]  # the ranks write, not the launcher
+    monkeypatch.setattr(train.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 1))
+    assert run(train.main, argv) == 2

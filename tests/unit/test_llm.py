@@ -319,3 +319,14 @@ def test_each_answer_is_cached_as_it_arrives_not_at_the_end_of_the_batch(tmp_pat
         release.set()
         worker.join()
     assert len(path.read_text().splitlines()) == 3
+
+
+def test_replicas_share_the_requests_in_flight(tmp_path):
+    reqs = [dataclasses.replace(COMPLETION, seed=s) for s in range(6)]
+    with fake_server.serve(delay_s=0.2) as a, fake_server.serve(delay_s=0.2) as b:
+        c = Client(a.base_url, "sk-a", POLICY, replicas=[(b.base_url, "sk-b")])
+        with RequestCache(tmp_path / "cache.jsonl") as cache:
+            got = ask_all(reqs, cache, "e", lambda: c, 2, AskStats())
+    assert len(got) == 6
+    # two in flight, two servers: each worker keeps the server it freed (3 and 3, give or take timing)
+    assert len(a.posts()) + len(b.posts()) == 6 and min(len(a.posts()), len(b.posts())) >= 2

@@ -347,3 +347,11 @@ def test_gguf_vocab_refuses_shapes_llama_cpp_reads_differently():
         gguf_vocab.add_vocab(
             w, tokenizer.to_hf(tokenizer.train_byte_bpe(corpus(5), 300), TEMPLATE), n_vocab=1
         )
+
+
+def test_batch_ids_are_the_hf_calls_ids(case):
+    texts = [t for ex in case.examples for t, _ in ex]
+    texts += texts[:3] + ["", "<s><s>", "  two  spaces \n\n"]  # repeats, empty, specials, whitespace
+    want = case.built.hf(texts, add_special_tokens=False)["input_ids"]
+    assert pretokenize.batch_ids(case.built.hf, texts) == want
+    assert pretokenize.batch_ids(case.reloaded, texts) == want
