@@ -9,6 +9,17 @@ one state, followed by ` =` when more steps follow, so the last line is the answ
 
 `full` and `step` follow a strategy (which redex first); `pass` needs none, since
 redexes never overlap. A net already in normal form answers with itself ("B A" -> "B A").
+
+Two options of the `pass` shape make every line a fixed-offset copy of the one before,
+which is what lets a model trained on short nets reduce longer ones (README: What
+mattered):
+
+    blanks:   an annihilated pair stays in the line as "_ _", so output symbol j is
+              rewritten from input symbols j-1..j+1 ("A B D" -> "_ _ D")
+    frame N:  the user turn is right-padded with "." to N symbols ("A D" -> "A D . . ."),
+              so the answer starts N symbols after the input starts, whatever its length
+
+A blanked line is read without its blanks: the next pass starts from the net itself.
 """
 
 from __future__ import annotations
@@ -21,6 +32,25 @@ from smolforge import nets
 
 TraceShape = Literal["full", "step", "pass"]
 CONTINUES = " ="
+BLANK = "_"  # the place of an annihilated symbol in a `blanks` line
+FILL = "."  # pads a `frame` prompt
+_REWRITE = dict(nets.RULES)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the `pass` shape writes its lines (both off: the plain shape)."""
+
+    blanks: bool = False
+    frame: int = 0  # pad prompts to this many symbols (0: no padding)
+
+    @classmethod
+    def of(cls, task: dict) -> "Layout":
+        """The layout format recorded in the task fields (absent: plain)."""
+        return cls(bool(task.get("blanks", False)), int(task.get("frame", 0)))
+
+
+PLAIN = Layout()
 
 
 def line(state: str) -> str:
@@ -40,20 +70,62 @@ def step_answer(state: str, strategy: nets.Strategy) -> str:
     return line(state if i < 0 else nets.rewrite_at(state, i))
 
 
-def pass_answer(state: str) -> str:
+def pass_answer(state: str, layout: Layout = PLAIN) -> str:
     """The assistant text of the parallel-pass shape: the state after one pass."""
-    return line(nets.parallel_step(state))
+    after = nets.parallel_step(state)
+    if not layout.blanks or not after or len(after) == len(state):
+        return line(after)
+    # the same pass, with each annihilated pair kept in place as two blanks
+    out, i = [], 0
+    while i < len(state):
+        pair = state[i : i + 2]
+        if pair in _REWRITE:
+            out.append(_REWRITE[pair] or BLANK * 2)
+            i += 2
+        else:
+            out.append(state[i])
+            i += 1
+    return " ".join("".join(out)) + ("" if nets.is_normal(after) else CONTINUES)
 
 
-def reference_lines(net: str, shape: TraceShape, strategy: nets.Strategy) -> list[str]:
+def prompt(state: str, layout: Layout = PLAIN) -> str:
+    """The user text for `state`: the net, then FILL up to the frame."""
+    return " ".join([nets.to_text(state)] + [FILL] * (layout.frame - max(len(state), 1)))
+
+
+def read_prompt(text: str) -> str | None:
+    """The net in a user text (FILL padding dropped), or None when malformed."""
+    parts = text.strip().split(" ")
+    while len(parts) > 1 and parts[-1] == FILL:
+        parts.pop()
+    return nets.parse(" ".join(parts))
+
+
+def read_line(text: str, layout: Layout = PLAIN) -> str | None:
+    """The state a model's line stands for (its ` =` and, with blanks, its blanks
+    dropped), or None when the line is malformed."""
+    body = text[: -len(CONTINUES)] if text.endswith(CONTINUES) else text
+    if layout.blanks:
+        parts = [s for s in body.strip().split(" ") if s != BLANK]
+        if not parts:  # a pass that annihilated everything writes EMPTY, never only blanks
+            return None
+        body = " ".join(parts)
+    return nets.parse(body)
+
+
+def reference_lines(
+    net: str, shape: TraceShape, strategy: nets.Strategy, layout: Layout = PLAIN
+) -> list[str]:
     """The lines a perfect model writes for `net` (iterated shapes: one per round)."""
     if shape == "pass":
         states = nets.parallel_trace(net)
-        return [line(s) for s in states[1:]] if len(states) > 1 else [nets.to_text(net)]
+        return [pass_answer(s, layout) for s in states[:-1]] if len(states) > 1 else [nets.to_text(net)]
     return full_answer(net, strategy).split("\n")
 
 
-def examples(net: str, shape: TraceShape, strategy: nets.Strategy) -> Iterator[tuple[str, str]]:
+def examples(
+    net: str, shape: TraceShape, strategy: nets.Strategy, layout: Layout = PLAIN
+) -> Iterator[tuple[str, str]]:
     """(user, assistant) pairs for one net: one for `full`, one per state for `step` and
     `pass` (including the final normal state, which teaches the model when to stop)."""
     if shape == "full":
@@ -63,7 +135,7 @@ def examples(net: str, shape: TraceShape, strategy: nets.Strategy) -> Iterator[t
             yield nets.to_text(state), step_answer(state, strategy)
     else:
         for state in nets.parallel_trace(net):
-            yield nets.to_text(state), pass_answer(state)
+            yield prompt(state, layout), pass_answer(state, layout)
 
 
 def messages(user: str, assistant: str) -> list[dict]:
@@ -84,21 +156,26 @@ class Verdict:
 
 
 def check_trace(
-    net: str, lines: list[str], shape: TraceShape, strategy: nets.Strategy, looped: bool
+    net: str,
+    lines: list[str],
+    shape: TraceShape,
+    strategy: nets.Strategy,
+    looped: bool,
+    layout: Layout = PLAIN,
 ) -> Verdict:
     """Judge the model's output lines for `net` with the exact reducer alone.
 
     `lines` are the states the model wrote after the input (the iterated outputs of
     `step` / `pass`, or the `full` shape's lines); `looped` says decoding hit its step
     limit. A `pass` line may rewrite any non-empty set of redexes at once; the others
-    exactly one.
+    exactly one. With blanks, a line is judged by the state it stands for; where its
+    blanks sit counts only for the exact match.
     """
     truth = nets.reduce(net)
-    reference = reference_lines(net, shape, strategy)
+    reference = reference_lines(net, shape, strategy, layout)
     states, failure, prev = [], None, net
     for i, text in enumerate(lines):
-        body = text[: -len(CONTINUES)] if text.endswith(CONTINUES) else text
-        state = nets.parse(body)
+        state = read_line(text, layout)
         if state is None:
             failure = "malformed"
             break

@@ -127,6 +127,7 @@ def solve(model, tok, task: dict, items: list[dict], batch_size: int) -> list[tu
         )
         return [(tok.decode(ids, skip_special_tokens=True), ended) for ids, ended in outs]
 
+    layout = netsformat.Layout.of(task)
     n_max = [nets.max_steps(len(it["net"])) + 1 for it in items]
     if task["trace"] == "full":
         budgets = [(k + 1) * (len(it["net"]) + 3) for k, it in zip(n_max, items)]
@@ -136,20 +137,21 @@ def solve(model, tok, task: dict, items: list[dict], batch_size: int) -> list[tu
 
     lines: list[list[str]] = [[] for _ in items]
     looped = [False] * len(items)
-    active = {i: nets.to_text(it["net"]) for i, it in enumerate(items)}
+    active = {i: it["net"] for i, it in enumerate(items)}  # the state each net is at
     while active:
         idx = list(active)
-        outs = run_batch([active[i] for i in idx], [len(items[i]["net"]) + 4 for i in idx])
+        prompts = [netsformat.prompt(active[i], layout) for i in idx]
+        outs = run_batch(prompts, [len(items[i]["net"]) + 4 for i in idx])
         for i, (text, ended) in zip(idx, outs):
             lines[i].append(text)
-            body = text[: -len(netsformat.CONTINUES)] if text.endswith(netsformat.CONTINUES) else text
-            if not ended or not text.endswith(netsformat.CONTINUES) or nets.parse(body) is None:
+            state = netsformat.read_line(text, layout)
+            if not ended or not text.endswith(netsformat.CONTINUES) or state is None:
                 del active[i]
             elif len(lines[i]) >= n_max[i]:
                 looped[i] = True
                 del active[i]
             else:
-                active[i] = body
+                active[i] = state
     return list(zip(lines, looped))
 
 
@@ -256,7 +258,7 @@ def evaluate_nets(args, p: EvaluateParams, log) -> None:
     for name, items in sets.items():
         outputs = solve(model, tok, task, items, p.batch_size)
         verdicts = [
-            netsformat.check_trace(it["net"], lines, task["trace"], task["strategy"], looped)
+            netsformat.check_trace(it["net"], lines, task["trace"], task["strategy"], looped, netsformat.Layout.of(task))
             for it, (lines, looped) in zip(items, outputs)
         ]
         results[name] = (items, verdicts)

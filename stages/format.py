@@ -44,9 +44,24 @@ class NetsFormatParams:
     task: Literal["nets"]
     trace: netsformat.TraceShape
     strategy: nets.Strategy
+    blanks: bool  # pass: an annihilated pair stays in the line as "_ _"
+    frame: int  # pass: pad prompts with "." to this many symbols (0: no padding)
     chat_style: chat.ChatStyle
     loss_on: Literal["assistant", "all"]
     seed: int  # shuffles the order of training examples
+
+    def check(self) -> list[str]:
+        errors = []
+        if self.frame < 0:
+            errors.append(f"frame: expected >= 0, got {self.frame}")
+        if self.trace != "pass":
+            errors += [f"{k}: only the pass trace has it (set it to {v!r})" for k, v in
+                       (("blanks", False), ("frame", 0)) if getattr(self, k) != v]
+        return errors
+
+    @property
+    def layout(self) -> netsformat.Layout:
+        return netsformat.Layout(self.blanks, self.frame)
 
 
 @dataclass(frozen=True)
@@ -97,8 +112,8 @@ def build(split_nets: list[str], split: str, p: NetsFormatParams, heldout: set[s
     """Rendered examples of one split, and how many were dropped as held-out prompts."""
     records, dropped = [], 0
     for i, net in enumerate(split_nets):
-        for j, (user, assistant) in enumerate(netsformat.examples(net, p.trace, p.strategy)):
-            if nets.parse(user) in heldout:
+        for j, (user, assistant) in enumerate(netsformat.examples(net, p.trace, p.strategy, p.layout)):
+            if netsformat.read_prompt(user) in heldout:
                 dropped += 1
                 continue
             msgs = netsformat.messages(user, assistant)
@@ -144,6 +159,8 @@ def format_nets(args, p: NetsFormatParams, log) -> None:
                 "task": "nets",
                 "trace": p.trace,
                 "strategy": p.strategy,
+                "blanks": p.blanks,
+                "frame": p.frame,
                 "chat_style": p.chat_style,
                 "chat_template": chat.template(p.chat_style),
                 "counts": counts,

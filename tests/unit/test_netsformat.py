@@ -179,3 +179,52 @@ def test_pass_verdicts():
     # the normal form itself, unchanged, is no rewrite at all
     same = check_trace("AADD", ["A A D D =", "D D A A"], "pass", "priority", looped=False)
     assert same.failure == "wrong_rewrite"
+
+
+# ---- the pass shape's layout: blanks and frame
+
+ALIGNED = netsformat.Layout(blanks=True, frame=6)
+
+
+def test_blanks_keep_annihilated_pairs_in_place_and_frame_pads_the_prompt():
+    assert list(examples("ABDCB", "pass", "priority", ALIGNED)) == [
+        ("A B D C B .", "_ _ D B C"),
+        ("D B C . . .", "D B C"),
+    ]
+    # a pass that annihilates everything still answers EMPTY; EMPTY counts as one symbol
+    assert list(examples("CADB", "pass", "priority", ALIGNED)) == [
+        ("C A D B . .", "C D A B ="),
+        ("C D A B . .", "EMPTY"),
+        ("EMPTY . . . . .", "EMPTY"),
+    ]
+    # a net longer than the frame is written as it is
+    assert netsformat.prompt("BBBBBBBB", ALIGNED) == "B B B B B B B B"
+
+
+@pytest.mark.parametrize("net", ["ADCB", "AADDCB", "CCDDAB", "BDAC", ""])
+def test_blank_lines_stand_for_the_plain_pass(net):
+    """Every blanked line reads back as the plain line's state, as long as the input."""
+    plain = netsformat.reference_lines(net, "pass", "priority")
+    blank = netsformat.reference_lines(net, "pass", "priority", ALIGNED)
+    assert [netsformat.read_line(b, ALIGNED) for b in blank] == [netsformat.read_line(p) for p in plain]
+    for state, text in zip(nets.parallel_trace(net), blank):
+        if text != nets.EMPTY:
+            assert len(text.removesuffix(netsformat.CONTINUES).split(" ")) == len(state)
+
+
+def test_prompt_reads_back_without_its_padding():
+    for net in ["", "A", "ADCB", "BBBBBBBB"]:
+        assert netsformat.read_prompt(netsformat.prompt(net, ALIGNED)) == net
+    assert netsformat.read_prompt("A . B") is None
+
+
+def test_blank_verdicts():
+    ok = check_trace("ABDCB", ["_ _ D B C"], "pass", "priority", False, ALIGNED)
+    assert ok.correct and ok.valid and ok.exact
+    # blanks in the wrong places stand for the same state: valid, not exact
+    moved = check_trace("ABDCB", ["D _ _ B C"], "pass", "priority", False, ALIGNED)
+    assert moved.valid and not moved.exact
+    # a line of blanks alone is malformed (a vanished net is written EMPTY)
+    assert check_trace("AB", ["_ _"], "pass", "priority", False, ALIGNED).failure == "malformed"
+    # without the blanks option a blank is malformed
+    assert check_trace("ABDCB", ["_ _ D B C"], "pass", "priority", False).failure == "malformed"
