@@ -51,17 +51,13 @@ class NetsFormatParams:
     seed: int  # shuffles the order of training examples
 
     def check(self) -> list[str]:
-        errors = []
-        if self.frame < 0:
-            errors.append(f"frame: expected >= 0, got {self.frame}")
-        if self.trace != "pass":
-            errors += [f"{k}: only the pass trace has it (set it to {v!r})" for k, v in
-                       (("blanks", False), ("frame", 0)) if getattr(self, k) != v]
-        return errors
+        return [f"frame: expected >= 0, got {self.frame}"] if self.frame < 0 else []
 
     @property
     def layout(self) -> netsformat.Layout:
-        return netsformat.Layout(self.blanks, self.frame)
+        """blanks and frame apply to the pass shape; the others ignore them, so switching
+        `trace` is one param."""
+        return netsformat.Layout(self.blanks, self.frame) if self.trace == "pass" else netsformat.PLAIN
 
 
 @dataclass(frozen=True)
@@ -159,8 +155,8 @@ def format_nets(args, p: NetsFormatParams, log) -> None:
                 "task": "nets",
                 "trace": p.trace,
                 "strategy": p.strategy,
-                "blanks": p.blanks,
-                "frame": p.frame,
+                "blanks": p.layout.blanks,
+                "frame": p.layout.frame,
                 "chat_style": p.chat_style,
                 "chat_template": chat.template(p.chat_style),
                 "counts": counts,

@@ -102,3 +102,9 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(aligned_run, tmp
     assert set(sent[len(batch) :]) == expected  # the states the blanked lines stand for, framed
     m = json.loads((out / "m.json").read_text())
     assert m["final_answer_accuracy"] == m["valid_trace_rate"] == m["exact_trace_accuracy"] == 1.0
+
+
+def test_other_shapes_ignore_the_layout_so_switching_trace_is_one_param():
+    p = format_stage.NetsFormatParams("nets", "step", "priority", True, FRAME, "plain", "assistant", 1)
+    assert p.check() == [] and p.layout == netsformat.PLAIN
+    assert format_stage.NetsFormatParams("nets", "pass", "priority", True, -1, "plain", "assistant", 1).check()
