@@ -19,7 +19,8 @@ mattered):
     frame N:  the user turn is right-padded with "." to N symbols ("A D" -> "A D . . ."),
               so the answer starts N symbols after the input starts, whatever its length
 
-A blanked line is read without its blanks: the next pass starts from the net itself.
+A blanked line is read without its blanks: the next pass starts from the net itself; a
+line of blanks alone stands for the empty net (only the prompt `EMPTY` answers `EMPTY`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def step_answer(state: str, strategy: nets.Strategy) -> str:
 def pass_answer(state: str, layout: Layout = PLAIN) -> str:
     """The assistant text of the parallel-pass shape: the state after one pass."""
     after = nets.parallel_step(state)
-    if not layout.blanks or not after or len(after) == len(state):
+    if not layout.blanks or len(after) == len(state):
         return line(after)
     # the same pass, with each annihilated pair kept in place as two blanks
     out, i = [], 0
@@ -105,11 +106,11 @@ def read_line(text: str, layout: Layout = PLAIN) -> str | None:
     """The state a model's line stands for (its ` =` and, with blanks, its blanks
     dropped), or None when the line is malformed."""
     body = text[: -len(CONTINUES)] if text.endswith(CONTINUES) else text
-    if layout.blanks:
-        parts = [s for s in body.strip().split(" ") if s != BLANK]
-        if not parts:  # a pass that annihilated everything writes EMPTY, never only blanks
-            return None
-        body = " ".join(parts)
+    if layout.blanks and body.strip() != nets.EMPTY:
+        parts = body.strip().split(" ")
+        if parts and all(p == BLANK for p in parts):  # every pair annihilated: the empty net
+            return ""
+        body = " ".join(p for p in parts if p != BLANK)
     return nets.parse(body)
 
 

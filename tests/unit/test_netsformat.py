@@ -191,10 +191,11 @@ def test_blanks_keep_annihilated_pairs_in_place_and_frame_pads_the_prompt():
         ("A B D C B .", "_ _ D B C"),
         ("D B C . . .", "D B C"),
     ]
-    # a pass that annihilates everything still answers EMPTY; EMPTY counts as one symbol
+    # a pass that annihilates everything writes blanks too: every line as long as its
+    # prompt; only the empty net's prompt (EMPTY counts as one symbol) answers EMPTY
     assert list(examples("CADB", "pass", "priority", ALIGNED)) == [
         ("C A D B . .", "C D A B ="),
-        ("C D A B . .", "EMPTY"),
+        ("C D A B . .", "_ _ _ _"),
         ("EMPTY . . . . .", "EMPTY"),
     ]
     # a net longer than the frame is written as it is
@@ -208,8 +209,7 @@ def test_blank_lines_stand_for_the_plain_pass(net):
     blank = netsformat.reference_lines(net, "pass", "priority", ALIGNED)
     assert [netsformat.read_line(b, ALIGNED) for b in blank] == [netsformat.read_line(p) for p in plain]
     for state, text in zip(nets.parallel_trace(net), blank):
-        if text != nets.EMPTY:
-            assert len(text.removesuffix(netsformat.CONTINUES).split(" ")) == len(state)
+        assert len(text.removesuffix(netsformat.CONTINUES).split(" ")) == max(len(state), 1)
 
 
 def test_prompt_reads_back_without_its_padding():
@@ -224,7 +224,9 @@ def test_blank_verdicts():
     # blanks in the wrong places stand for the same state: valid, not exact
     moved = check_trace("ABDCB", ["D _ _ B C"], "pass", "priority", False, ALIGNED)
     assert moved.valid and not moved.exact
-    # a line of blanks alone is malformed (a vanished net is written EMPTY)
-    assert check_trace("AB", ["_ _"], "pass", "priority", False, ALIGNED).failure == "malformed"
+    # a line of blanks alone is the empty net; EMPTY is read as itself
+    assert check_trace("AB", ["_ _"], "pass", "priority", False, ALIGNED).exact
+    assert check_trace("AB", ["EMPTY"], "pass", "priority", False, ALIGNED).valid
+    assert netsformat.read_line("_ _ =", ALIGNED) == "" and netsformat.read_line("_ A", ALIGNED) == "A"
     # without the blanks option a blank is malformed
     assert check_trace("ABDCB", ["_ _ D B C"], "pass", "priority", False).failure == "malformed"
