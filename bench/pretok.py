@@ -57,7 +57,9 @@ def build_segments(tmp: Path, n_train: int) -> tuple[list, dict]:
             str(tmp / "m2.json"),
         ]
     )
-    return pretokenize.read_segments(tmp / "fmt/train.jsonl"), read_meta(tmp / "fmt", "format", versions=(1,))
+    return pretokenize.read_segments(tmp / "fmt/train.jsonl", None), read_meta(
+        tmp / "fmt", "format", versions=(1,)
+    )
 
 
 def run(quick: bool) -> list[Row]:

@@ -46,7 +46,7 @@ class Layout:
     frame: int = 0  # pad prompts to this many symbols (0: no padding)
 
     @classmethod
-    def of(cls, task: dict) -> "Layout":
+    def of(cls, task: dict) -> Layout:
         """The layout format recorded in the task fields (absent: plain)."""
         return cls(bool(task.get("blanks", False)), int(task.get("frame", 0)))
 

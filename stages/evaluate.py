@@ -258,7 +258,9 @@ def evaluate_nets(args, p: EvaluateParams, log) -> None:
     for name, items in sets.items():
         outputs = solve(model, tok, task, items, p.batch_size)
         verdicts = [
-            netsformat.check_trace(it["net"], lines, task["trace"], task["strategy"], looped, netsformat.Layout.of(task))
+            netsformat.check_trace(
+                it["net"], lines, task["trace"], task["strategy"], looped, netsformat.Layout.of(task)
+            )
             for it, (lines, looped) in zip(items, outputs)
         ]
         results[name] = (items, verdicts)

@@ -87,8 +87,7 @@ def train(a: argparse.Namespace, layout: Layout, rng: random.Random, device: str
 
     def states():
         while True:
-            for s in nets.parallel_trace(nets.sample_net(rng, rng.randint(1, a.maxlen))):
-                yield s
+            yield from nets.parallel_trace(nets.sample_net(rng, rng.randint(1, a.maxlen)))
 
     source, t0 = states(), time.time()
     for step in range(a.steps):

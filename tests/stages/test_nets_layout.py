@@ -5,15 +5,13 @@ back as the nets they stand for."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
 
 from smolforge import nets, netsformat
-from stages import evaluate
+from stages import evaluate, generate, pretokenize, train
 from stages import format as format_stage
-from stages import generate, pretokenize, train
 from tests.conftest import TINY_PARAMS, train_argv
 
 FRAME = 14  # the tiny OOD nets have length 12
@@ -39,21 +37,45 @@ def aligned_run(tmp_path_factory) -> dict:
     generate.main([*common, "--out", str(paths["generate"]), "--metrics", str(m / "g.json")])
     nets_ = ["--model", "nets"]
     format_stage.main(
-        [*common, *nets_, "--in", str(paths["generate"]), "--out", str(paths["format"]), "--metrics", str(m / "f.json")]
+        [
+            *common,
+            *nets_,
+            "--in",
+            str(paths["generate"]),
+            "--out",
+            str(paths["format"]),
+            "--metrics",
+            str(m / "f.json"),
+        ]
     )
     pretokenize.main(
-        [*common, *nets_, "--in", str(paths["format"]), "--out", str(paths["tokens"]), "--metrics", str(m / "p.json")]
+        [
+            *common,
+            *nets_,
+            "--in",
+            str(paths["format"]),
+            "--out",
+            str(paths["tokens"]),
+            "--metrics",
+            str(m / "p.json"),
+        ]
     )
     train.main(train_argv(params, paths, m))
     return paths
 
 
 def test_training_prompts_are_framed_and_answers_blanked(aligned_run):
+    heldout = {
+        nets.parse(json.loads(x)["net"])
+        for split in ("test", "ood", "stratified12")
+        for x in (aligned_run["generate"] / f"{split}.jsonl").read_text().splitlines()
+    }
     records = [json.loads(x) for x in (aligned_run["format"] / "train.jsonl").read_text().splitlines()]
     for rec in records:
         user, assistant = (m["content"] for m in rec["messages"])
         state = netsformat.read_prompt(user)
         assert state is not None and len(user.split(" ")) == max(FRAME, len(state), 1)
+        assert state not in heldout  # a padded prompt is still checked against the held-out nets
         layout = netsformat.Layout(True, FRAME)
         assert assistant == netsformat.pass_answer(state, layout)
     assert any(netsformat.BLANK in json.dumps(r["messages"]) for r in records)
@@ -78,9 +100,13 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(aligned_run, tmp
     def perfect(model, prompts, budgets, *args, **kw):
         out = []
         for ids, budget in zip(prompts, budgets):
-            user = tok.decode(ids, skip_special_tokens=True).split("\n")[0]  # plain style: user turn + newline
+            user = tok.decode(ids, skip_special_tokens=True).split("\n")[
+                0
+            ]  # plain style: user turn + newline
             sent.append(user)
-            answer = tok(netsformat.pass_answer(netsformat.read_prompt(user), layout), add_special_tokens=False)
+            answer = tok(
+                netsformat.pass_answer(netsformat.read_prompt(user), layout), add_special_tokens=False
+            )
             assert len(answer["input_ids"]) <= budget
             out.append((answer["input_ids"], True))
         return out
@@ -107,4 +133,6 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(aligned_run, tmp
 def test_other_shapes_ignore_the_layout_so_switching_trace_is_one_param():
     p = format_stage.NetsFormatParams("nets", "step", "priority", True, FRAME, "plain", "assistant", 1)
     assert p.check() == [] and p.layout == netsformat.PLAIN
-    assert format_stage.NetsFormatParams("nets", "pass", "priority", True, -1, "plain", "assistant", 1).check()
+    assert format_stage.NetsFormatParams(
+        "nets", "pass", "priority", True, -1, "plain", "assistant", 1
+    ).check()

@@ -66,7 +66,14 @@ def test_token_files_decode_to_the_rendered_text(tiny_run):
     out = tiny_run["tokens"]
     meta = check_token_files(out, tiny_run["format"])
     assert meta["format_version"] == 1 and meta["dtype"] == "uint16" and meta["tokenizer"] == "byte_bpe"
-    assert meta["task"] == {"task": "nets", "trace": "step", "strategy": "priority", "chat_style": "plain"}
+    assert meta["task"] == {
+        "task": "nets",
+        "trace": "step",
+        "strategy": "priority",
+        "blanks": False,
+        "frame": 0,
+        "chat_style": "plain",
+    }
     metrics = json.loads((tiny_run["dir"] / "metrics" / "pretokenize.json").read_text())
     assert metrics["segment_boundary_mismatches"] == 0 and metrics["vocab_size"] == meta["vocab_size"]
 

@@ -1,0 +1,19 @@
+"""bench/ keeps up with the library: its pretokenize benchmark runs end to end (--quick)
+and writes a row with a ratio. Timings are not checked (nothing in bench/ asserts speed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_pretokenize_benchmark_writes_its_rows(tmp_path):
+    from bench.__main__ import main
+
+    out = tmp_path / "results.json"
+    main(["--quick", "--only", "pretokenize", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(r["ratio"] > 0 and r["name"].startswith("pretokenize") for r in rows)
