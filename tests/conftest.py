@@ -22,12 +22,18 @@ def tiny_params(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict[str, Path]:
     """generate -> format -> pretokenize -> train on the tiny params, run once per session."""
+    d = tmp_path_factory.mktemp("tiny_run")
+    shutil.copy(TINY_PARAMS, d / "params.yaml")
+    return nets_run(d)
+
+
+def nets_run(d: Path) -> dict[str, Path]:
+    """generate -> format -> pretokenize -> train for the nets model, in folder `d` with
+    the params in `d/params.yaml`; the paths of every output."""
     from stages import format as format_stage
     from stages import generate, pretokenize, train
 
-    d = tmp_path_factory.mktemp("tiny_run")
     params = d / "params.yaml"
-    shutil.copy(TINY_PARAMS, params)
     paths = {
         "dir": d,
         "params": params,

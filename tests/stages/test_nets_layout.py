@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from smolforge import nets, netsformat
-from stages import evaluate, generate, pretokenize, train
+from stages import evaluate
 from stages import format as format_stage
-from tests.conftest import TINY_PARAMS, train_argv
+from tests.conftest import TINY_PARAMS, nets_run
 
 FRAME = 14  # the tiny OOD nets have length 12
 
@@ -20,48 +20,10 @@ FRAME = 14  # the tiny OOD nets have length 12
 @pytest.fixture(scope="module")
 def aligned_run(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("aligned")
-    params = d / "params.yaml"
     data = yaml.safe_load(TINY_PARAMS.read_text())
     data["format"]["nets"].update(trace="pass", blanks=True, frame=FRAME)
-    params.write_text(yaml.safe_dump(data, sort_keys=False))
-    paths = {
-        "params": params,
-        "generate": d / "gen",
-        "format": d / "fmt",
-        "tokens": d / "tok",
-        "hf": d / "hf",
-        "state": d / "state",
-    }
-    m = d / "metrics"
-    common = ["--params", str(params)]
-    generate.main([*common, "--out", str(paths["generate"]), "--metrics", str(m / "g.json")])
-    nets_ = ["--model", "nets"]
-    format_stage.main(
-        [
-            *common,
-            *nets_,
-            "--in",
-            str(paths["generate"]),
-            "--out",
-            str(paths["format"]),
-            "--metrics",
-            str(m / "f.json"),
-        ]
-    )
-    pretokenize.main(
-        [
-            *common,
-            *nets_,
-            "--in",
-            str(paths["format"]),
-            "--out",
-            str(paths["tokens"]),
-            "--metrics",
-            str(m / "p.json"),
-        ]
-    )
-    train.main(train_argv(params, paths, m))
-    return paths
+    (d / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return nets_run(d)
 
 
 def test_training_prompts_are_framed_and_answers_blanked(aligned_run):
