@@ -20,11 +20,23 @@ mattered):
               so the answer starts N symbols after the input starts, whatever its length
 
 A blanked line is read without its blanks: the next pass starts from the net itself; a
-line of blanks alone stands for the empty net (only the prompt `EMPTY` answers `EMPTY`).
+line of blanks alone stands for the empty net, which is written as one blank ("_"), so
+every line of a blanked trace, prompt or answer, is made of symbols alone.
+
+Two more make every answer symbol depend on its own neighbourhood alone:
+
+    marks false: no ` =`; decoding stops at the first line that changes nothing, so a
+              normal net's line is the net itself and is the last line of its trace
+    pack:     a training line holds several states side by side, one "." between them,
+              up to a width drawn at random for each line, at most the frame
+              ("A B . D" -> "_ _ . D"), so lines run from one short net and many
+              fills to a full frame; each is still a net of the training lengths.
+              Prompts at evaluation hold one net, as always.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -44,19 +56,34 @@ class Layout:
 
     blanks: bool = False
     frame: int = 0  # pad prompts to this many symbols (0: no padding)
+    marks: bool = True  # ` =` after a line that more passes follow
+    pack: bool = False  # training lines hold several states (needs blanks, frame, no marks)
 
     @classmethod
     def of(cls, task: dict) -> Layout:
         """The layout format recorded in the task fields (absent: plain)."""
-        return cls(bool(task.get("blanks", False)), int(task.get("frame", 0)))
+        return cls(
+            bool(task.get("blanks", False)),
+            int(task.get("frame", 0)),
+            bool(task.get("marks", True)),
+            bool(task.get("pack", False)),
+        )
+
+    def problems(self) -> list[str]:
+        """What makes this layout unusable (pack needs aligned, unmarked lines)."""
+        if self.pack and not (self.blanks and self.frame > 0 and not self.marks):
+            return [
+                "pack: needs blanks: true, frame > 0 and marks: false (a mark would speak for several nets)"
+            ]
+        return []
 
 
 PLAIN = Layout()
 
 
-def line(state: str) -> str:
+def line(state: str, marks: bool = True) -> str:
     """A state as one line of a trace: ` =` marks that more steps follow."""
-    return nets.to_text(state) + ("" if nets.is_normal(state) else CONTINUES)
+    return nets.to_text(state) + ("" if nets.is_normal(state) or not marks else CONTINUES)
 
 
 def full_answer(net: str, strategy: nets.Strategy) -> str:
@@ -73,9 +100,11 @@ def step_answer(state: str, strategy: nets.Strategy) -> str:
 
 def pass_answer(state: str, layout: Layout = PLAIN) -> str:
     """The assistant text of the parallel-pass shape: the state after one pass."""
+    if layout.blanks and not state:
+        return BLANK  # the empty net, as its own prompt writes it
     after = nets.parallel_step(state)
     if not layout.blanks or len(after) == len(state):
-        return line(after)
+        return line(after, layout.marks)
     # the same pass, with each annihilated pair kept in place as two blanks
     out, i = [], 0
     while i < len(state):
@@ -86,12 +115,51 @@ def pass_answer(state: str, layout: Layout = PLAIN) -> str:
         else:
             out.append(state[i])
             i += 1
-    return " ".join("".join(out)) + ("" if nets.is_normal(after) else CONTINUES)
+    return " ".join("".join(out)) + ("" if nets.is_normal(after) or not layout.marks else CONTINUES)
+
+
+def packed(states: list[str], layout: Layout, rng: random.Random) -> Iterator[tuple[str, str]]:
+    """(user, assistant) pairs holding `states` in order, as many a line as fit a width
+    drawn from 1..frame for each line (the first always fits), one FILL between two; the
+    empty net and nets longer than the frame get lines of their own.
+    Each state's part of the answer is its own pass."""
+    group: list[str] = []
+    width = rng.randint(1, layout.frame)
+
+    def flush() -> Iterator[tuple[str, str]]:
+        if group:
+            user = f" {FILL} ".join(nets.to_text(s) for s in group)
+            used = sum(len(s) for s in group) + len(group) - 1
+            yield (
+                " ".join([user] + [FILL] * (layout.frame - used)),
+                f" {FILL} ".join(pass_answer(s, layout) for s in group),
+            )
+            group.clear()
+
+    for state in states:
+        if not state or len(state) > layout.frame:
+            yield prompt(state, layout), pass_answer(state, layout)
+            continue
+        if group and sum(len(s) + 1 for s in group) + len(state) > width:
+            yield from flush()
+            width = rng.randint(1, layout.frame)
+        group.append(state)
+    yield from flush()
+
+
+def more_follow(text: str, before: str, after: str | None, layout: Layout) -> bool:
+    """Whether decoding goes on after the line `text` (read as `after`) answered the
+    prompt `before`: its mark says so, or, without marks, it changed something."""
+    if layout.marks:
+        return text.endswith(CONTINUES)
+    return after is not None and after != before
 
 
 def prompt(state: str, layout: Layout = PLAIN) -> str:
-    """The user text for `state`: the net, then FILL up to the frame."""
-    return " ".join([nets.to_text(state)] + [FILL] * (layout.frame - max(len(state), 1)))
+    """The user text for `state`: the net, then FILL up to the frame (with blanks the
+    empty net is one blank)."""
+    text = BLANK if layout.blanks and not state else nets.to_text(state)
+    return " ".join([text] + [FILL] * (layout.frame - max(len(state), 1)))
 
 
 def read_prompt(text: str) -> str | None:
@@ -99,7 +167,7 @@ def read_prompt(text: str) -> str | None:
     parts = text.strip().split(" ")
     while len(parts) > 1 and parts[-1] == FILL:
         parts.pop()
-    return nets.parse(" ".join(parts))
+    return "" if parts == [BLANK] else nets.parse(" ".join(parts))
 
 
 def read_line(text: str, layout: Layout = PLAIN) -> str | None:
@@ -120,7 +188,11 @@ def reference_lines(
     """The lines a perfect model writes for `net` (iterated shapes: one per round)."""
     if shape == "pass":
         states = nets.parallel_trace(net)
-        return [pass_answer(s, layout) for s in states[:-1]] if len(states) > 1 else [nets.to_text(net)]
+        if not layout.marks:  # every state answers, the normal one with itself
+            return [pass_answer(s, layout) for s in states]
+        return (
+            [pass_answer(s, layout) for s in states[:-1]] if len(states) > 1 else [pass_answer(net, layout)]
+        )
     return full_answer(net, strategy).split("\n")
 
 
@@ -170,7 +242,8 @@ def check_trace(
     `step` / `pass`, or the `full` shape's lines); `looped` says decoding hit its step
     limit. A `pass` line may rewrite any non-empty set of redexes at once; the others
     exactly one. With blanks, a line is judged by the state it stands for; where its
-    blanks sit counts only for the exact match.
+    blanks sit counts only for the exact match. Without marks, the last line repeats
+    the normal net before it (that is how the model says it is done).
     """
     truth = nets.reduce(net)
     reference = reference_lines(net, shape, strategy, layout)
@@ -181,7 +254,11 @@ def check_trace(
             failure = "malformed"
             break
         states.append(state)
-        identity = i == 0 and len(lines) == 1 and state == net and nets.is_normal(net)
+        last = i == len(lines) - 1
+        if layout.marks:
+            identity = i == 0 and last and state == net and nets.is_normal(net)
+        else:
+            identity = last and state == prev and nets.is_normal(prev)
         legal = nets.is_parallel_rewrite(prev, state) if shape == "pass" else state in nets.successors(prev)
         if not identity and not legal:
             failure = failure or "wrong_rewrite"

@@ -128,7 +128,8 @@ def solve(model, tok, task: dict, items: list[dict], batch_size: int) -> list[tu
         return [(tok.decode(ids, skip_special_tokens=True), ended) for ids, ended in outs]
 
     layout = netsformat.Layout.of(task)
-    n_max = [nets.max_steps(len(it["net"])) + 1 for it in items]
+    # lines a trace may take: a rewrite each, the normal net's own line without marks
+    n_max = [nets.max_steps(len(it["net"])) + 1 + (not layout.marks) for it in items]
     if task["trace"] == "full":
         budgets = [(k + 1) * (len(it["net"]) + 3) for k, it in zip(n_max, items)]
         budgets = [min(b, model.config.max_position_embeddings) for b in budgets]
@@ -145,7 +146,7 @@ def solve(model, tok, task: dict, items: list[dict], batch_size: int) -> list[tu
         for i, (text, ended) in zip(idx, outs):
             lines[i].append(text)
             state = netsformat.read_line(text, layout)
-            if not ended or not text.endswith(netsformat.CONTINUES) or state is None:
+            if not ended or state is None or not netsformat.more_follow(text, active[i], state, layout):
                 del active[i]
             elif len(lines[i]) >= n_max[i]:
                 looped[i] = True

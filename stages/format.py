@@ -46,18 +46,24 @@ class NetsFormatParams:
     strategy: nets.Strategy
     blanks: bool  # pass: an annihilated pair stays in the line as "_ _"
     frame: int  # pass: pad prompts with "." to this many symbols (0: no padding)
+    marks: bool  # pass: " =" after a line that more passes follow (false: stop when nothing changes)
+    pack: bool  # pass: several training states a line, "." between (needs blanks, frame, no marks)
     chat_style: chat.ChatStyle
     loss_on: Literal["assistant", "all"]
     seed: int  # shuffles the order of training examples
 
     def check(self) -> list[str]:
-        return [f"frame: expected >= 0, got {self.frame}"] if self.frame < 0 else []
+        if self.frame < 0:
+            return [f"frame: expected >= 0, got {self.frame}"]
+        return self.layout.problems()
 
     @property
     def layout(self) -> netsformat.Layout:
-        """blanks and frame apply to the pass shape; the others ignore them, so switching
-        `trace` is one param."""
-        return netsformat.Layout(self.blanks, self.frame) if self.trace == "pass" else netsformat.PLAIN
+        """blanks, frame, marks and pack apply to the pass shape; the others ignore them,
+        so switching `trace` is one param."""
+        if self.trace != "pass":
+            return netsformat.PLAIN
+        return netsformat.Layout(self.blanks, self.frame, self.marks, self.pack)
 
 
 @dataclass(frozen=True)
@@ -104,25 +110,41 @@ def read_nets(folder: Path, split: str, meta: dict) -> list[str]:
     return out
 
 
+def record(rid: str, user: str, assistant: str, p: NetsFormatParams) -> dict:
+    msgs = netsformat.messages(user, assistant)
+    segments = chat.render(msgs, p.chat_style, p.loss_on)
+    return {
+        "id": rid,
+        "source": "generate",
+        "messages": msgs,
+        "segments": [[t, loss] for t, loss in segments],
+    }
+
+
 def build(split_nets: list[str], split: str, p: NetsFormatParams, heldout: set[str]):
     """Rendered examples of one split, and how many were dropped as held-out prompts."""
+    if p.layout.pack:
+        return build_packed(split_nets, split, p, heldout)
     records, dropped = [], 0
     for i, net in enumerate(split_nets):
         for j, (user, assistant) in enumerate(netsformat.examples(net, p.trace, p.strategy, p.layout)):
             if netsformat.read_prompt(user) in heldout:
                 dropped += 1
                 continue
-            msgs = netsformat.messages(user, assistant)
-            segments = chat.render(msgs, p.chat_style, p.loss_on)
-            records.append(
-                {
-                    "id": f"{split}-{i:06d}-{j:03d}",
-                    "source": "generate",
-                    "messages": msgs,
-                    "segments": [[text, loss] for text, loss in segments],
-                }
-            )
+            records.append(record(f"{split}-{i:06d}-{j:03d}", user, assistant, p))
     return records, dropped
+
+
+def build_packed(split_nets: list[str], split: str, p: NetsFormatParams, heldout: set[str]):
+    """The states of every net's trace, held-out nets dropped, shuffled (so a line mixes
+    nets and lengths) and packed into lines of random widths up to the frame."""
+    states = [s for net in split_nets for s in nets.parallel_trace(net)]
+    kept = [s for s in states if s not in heldout]
+    rng = random.Random(f"{p.seed}-pack-{split}")
+    rng.shuffle(kept)
+    examples = netsformat.packed(kept, p.layout, rng)
+    records = [record(f"{split}-p{k:06d}", user, answer, p) for k, (user, answer) in enumerate(examples)]
+    return records, len(states) - len(kept)
 
 
 def format_nets(args, p: NetsFormatParams, log) -> None:
@@ -157,6 +179,8 @@ def format_nets(args, p: NetsFormatParams, log) -> None:
                 "strategy": p.strategy,
                 "blanks": p.layout.blanks,
                 "frame": p.layout.frame,
+                "marks": p.layout.marks,
+                "pack": p.layout.pack,
                 "chat_style": p.chat_style,
                 "chat_template": chat.template(p.chat_style),
                 "counts": counts,

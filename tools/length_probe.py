@@ -8,11 +8,14 @@ question fast: does a layout keep working on nets longer than any it was trained
 README (What mattered) gives the figures it measured.
 
     python tools/length_probe.py --blanks --frame 48 --steps 1500      # about 40 s on a GPU
-    python tools/length_probe.py --blanks --frame 48 --no-mark --shift
+    python tools/length_probe.py --blanks --frame 48 --no-mark --pack --layers 2
 
 Layouts: --blanks and --frame as format.nets; --no-mark drops the ` =` continuation mark
-(decoding stops when a pass changes nothing); --shift puts a random number of fill
-symbols before the net in training prompts, and the same number before the answer;
+(decoding stops when a pass changes nothing: format.nets.marks false); --pack fills each
+training line with several states, one fill between them, up to the frame or, with
+--random-width, up to a width drawn for each line (format.nets.pack); --shift
+puts a random number of fill symbols before the net in training prompts, and the same
+number before the answer;
 --hints K follows each symbol with a token for its index in the line mod K. --dim,
 --layers and --rope-theta change the model.
 """
@@ -69,14 +72,33 @@ class Layout:
         width = self.a.frame * (2 if self.a.hints else 1)  # the frame counts tokens
         return [BOS] + [VOCAB["."]] * shift + body + [VOCAB["."]] * max(0, width - len(body) - shift) + [SEP]
 
-    def example(self, state: str) -> tuple[list[int], int]:
+    def example(self, state: str, more_states=None) -> tuple[list[int], int]:
         """(tokens, prompt length) of one training example."""
+        if self.a.pack and more_states is not None:
+            return self.packed(state, more_states)
         line = pass_line(state, self.a.blanks)
         more = not nets.is_normal(line.replace("_", ""))
         mark = [VOCAB["="]] if more and not self.a.no_mark else []
         shift = self.rng.randint(0, max(0, self.a.frame - len(state))) if self.a.shift else 0
         p = self.prompt(state, shift)
         return p + [VOCAB["."]] * shift + self.symbols(line) + mark + [EOS], len(p)
+
+    def packed(self, state: str, more_states) -> tuple[list[int], int]:
+        """--pack: states side by side in one line, one fill between them, until the
+        next would overflow the frame (one pass rewrites each on its own)."""
+        parts = [state]
+        width = self.rng.randint(1, self.a.frame) if self.a.random_width else self.a.frame
+        while True:
+            nxt = next(more_states)
+            if sum(len(p) + 1 for p in parts) + max(len(nxt), 1) > width:
+                break
+            parts.append(nxt)
+        src = ".".join(p or "_" for p in parts)
+        line = ".".join(pass_line(p, self.a.blanks) or "_" for p in parts)
+        more = any(not nets.is_normal(p) for p in parts) and not self.a.no_mark
+        body = self.symbols(src)
+        p = [BOS] + body + [VOCAB["."]] * max(0, self.a.frame - len(body)) + [SEP]
+        return p + self.symbols(line) + ([VOCAB["="]] if more else []) + [EOS], len(p)
 
 
 def train(a: argparse.Namespace, layout: Layout, rng: random.Random, device: str):
@@ -95,7 +117,7 @@ def train(a: argparse.Namespace, layout: Layout, rng: random.Random, device: str
         lr = a.lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / a.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = [layout.example(next(source)) for _ in range(a.batch)]
+        batch = [layout.example(next(source), source) for _ in range(a.batch)]
         T = max(len(ids) for ids, _ in batch)
         x = torch.full((a.batch, T), PAD)
         y = torch.full((a.batch, T), -100)  # loss on the answer only
@@ -115,27 +137,25 @@ def train(a: argparse.Namespace, layout: Layout, rng: random.Random, device: str
 
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], budget: int, device: str) -> list[tuple[str, bool]]:
-    """(text, ended with EOS) per prompt; left-padded, the whole sequence re-run per token."""
+    """(text, ended with EOS) per prompt: left-padded, greedy, with the KV cache."""
     symbols = {i: c for c, i in VOCAB.items()}
     T = max(len(p) for p in prompts)
     x = torch.tensor([[PAD] * (T - len(p)) + p for p in prompts], device=device)
-    mask = (x != PAD).long()
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for _ in range(budget):
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        nxt = model(input_ids=x, attention_mask=mask, position_ids=pos).logits[:, -1].argmax(-1)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
-                done[i] = t == EOS
-                if not done[i]:
-                    out[i].append(t)
-        x = torch.cat([x, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], 1)
-        if all(done):
-            break
-    # hint tokens are dropped: only the symbols count
-    return [("".join(symbols.get(t, "?") for t in o if t < HINT0), d) for o, d in zip(out, done)]
+    out = model.generate(
+        input_ids=x,
+        attention_mask=(x != PAD).long(),
+        max_new_tokens=budget,
+        do_sample=False,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )[:, T:].tolist()
+    texts = []
+    for o in out:
+        ended = EOS in o
+        o = o[: o.index(EOS)] if ended else o
+        # hint tokens are dropped: only the symbols count
+        texts.append(("".join(symbols.get(t, "?") for t in o if t < HINT0), ended))
+    return texts
 
 
 def accuracy(model, a: argparse.Namespace, layout: Layout, n: int, device: str) -> float:
@@ -148,6 +168,9 @@ def accuracy(model, a: argparse.Namespace, layout: Layout, n: int, device: str) 
             break
         outs = greedy(model, [layout.prompt(state[i]) for i in active], 2 * n + 4, device)
         still = []
+        if a.show and _ == 0:
+            for i, (text, ended) in list(zip(active, outs))[: a.show]:
+                print(f"  {state[i]} -> {text!r} ended={ended}")
         for i, (text, ended) in zip(active, outs):
             more = text.endswith("=")
             body = text.removesuffix("=").replace("_", "")
@@ -170,6 +193,8 @@ def main() -> None:
     ap.add_argument("--frame", type=int, default=0)
     ap.add_argument("--no-mark", action="store_true")
     ap.add_argument("--shift", action="store_true")
+    ap.add_argument("--pack", action="store_true", help="several nets a training line")
+    ap.add_argument("--random-width", action="store_true", help="--pack up to a random width a line")
     ap.add_argument("--hints", type=int, default=0, help="index hints mod K (0: none)")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -180,6 +205,7 @@ def main() -> None:
     ap.add_argument("--maxlen", type=int, default=21, help="longest training net")
     ap.add_argument("--test", default="21,32,42", help="test lengths")
     ap.add_argument("--ntest", type=int, default=200, help="nets per test length")
+    ap.add_argument("--show", type=int, default=0, help="print K first-pass outputs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()

@@ -1,6 +1,7 @@
 """The pass shape with blanks and a frame, through format, pretokenize, train and evaluate:
 the prompts are padded in training and in evaluation alike, and blanked lines are read
-back as the nets they stand for."""
+back as the nets they stand for; without marks decoding stops at the line that changes
+nothing, and packed training lines hold several nets, none of them held out."""
 
 from __future__ import annotations
 
@@ -15,23 +16,39 @@ from stages import format as format_stage
 from tests.conftest import TINY_PARAMS, nets_run
 
 FRAME = 14  # the tiny OOD nets have length 12
+ALIGNED = netsformat.Layout(True, FRAME)
+LOCAL = netsformat.Layout(True, FRAME, marks=False, pack=True)
+
+
+def layout_run(d, layout: netsformat.Layout) -> dict:
+    data = yaml.safe_load(TINY_PARAMS.read_text())
+    data["format"]["nets"].update(
+        trace="pass", blanks=layout.blanks, frame=layout.frame, marks=layout.marks, pack=layout.pack
+    )
+    (d / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return {**nets_run(d), "layout": layout}
 
 
 @pytest.fixture(scope="module")
 def aligned_run(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("aligned")
-    data = yaml.safe_load(TINY_PARAMS.read_text())
-    data["format"]["nets"].update(trace="pass", blanks=True, frame=FRAME)
-    (d / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return nets_run(d)
+    return layout_run(tmp_path_factory.mktemp("aligned"), ALIGNED)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> dict:
+    return layout_run(tmp_path_factory.mktemp("local"), LOCAL)
+
+
+def heldout_nets(run: dict) -> set[str]:
+    return {
+        nets.parse(json.loads(x)["net"])
+        for split in ("test", "ood", "stratified12")
+        for x in (run["generate"] / f"{split}.jsonl").read_text().splitlines()
+    }
 
 
 def test_training_prompts_are_framed_and_answers_blanked(aligned_run):
-    heldout = {
-        nets.parse(json.loads(x)["net"])
-        for split in ("test", "ood", "stratified12")
-        for x in (aligned_run["generate"] / f"{split}.jsonl").read_text().splitlines()
-    }
+    heldout = heldout_nets(aligned_run)
     records = [json.loads(x) for x in (aligned_run["format"] / "train.jsonl").read_text().splitlines()]
     for rec in records:
         user, assistant = (m["content"] for m in rec["messages"])
@@ -49,14 +66,39 @@ def test_training_prompts_are_framed_and_answers_blanked(aligned_run):
     }
 
 
-def test_evaluate_frames_every_prompt_and_follows_blanked_lines(aligned_run, tmp_path, monkeypatch):
+def test_packed_lines_hold_training_nets_side_by_side_without_marks(local_run):
+    heldout, seen = heldout_nets(local_run), set()
+    records = [json.loads(x) for x in (local_run["format"] / "train.jsonl").read_text().splitlines()]
+    for rec in records:
+        user, assistant = (m["content"] for m in rec["messages"])
+        assert len(user.split(" ")) == FRAME and netsformat.CONTINUES not in assistant
+        if netsformat.read_prompt(user) == "":  # the empty net, a line of its own
+            assert assistant == netsformat.BLANK
+            continue
+        parts = [nets.parse(p) for p in user.rstrip(" .").split(" . ")]
+        assert all(p and p not in heldout for p in parts)  # every net in a line is checked
+        assert assistant == " . ".join(netsformat.pass_answer(p, LOCAL) for p in parts)
+        seen.update(parts)
+    assert max(len(r["messages"][0]["content"].rstrip(" .").split(" . ")) for r in records) > 1
+    train_nets = {
+        nets.parse(json.loads(x)["net"])
+        for x in (local_run["generate"] / "train.jsonl").read_text().splitlines()
+    }
+    assert train_nets - heldout <= seen  # no training net is lost by packing
+    sidecar = json.loads((local_run["hf"] / "smolforge.json").read_text())
+    assert netsformat.Layout.of(sidecar["task"]) == LOCAL
+
+
+@pytest.mark.parametrize("run_name", ["aligned_run", "local_run"])
+def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, request, tmp_path, monkeypatch):
     """Stand in a perfect model for the trained one (decode answers every prompt with the
     reference pass) and record what evaluate sends it: every prompt is a framed net, each
     next prompt is the state the blanked line stands for, and every verdict is perfect."""
     from smolforge import decode, tokenizer
 
+    aligned_run = request.getfixturevalue(run_name)
     tok = tokenizer.load(aligned_run["hf"])
-    layout = netsformat.Layout(True, FRAME)
+    layout = aligned_run["layout"]
     sent: list[str] = []
 
     def perfect(model, prompts, budgets, *args, **kw):
@@ -86,15 +128,22 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(aligned_run, tmp
         ]
     )  # fmt: skip
     assert sent[: len(batch)] == [netsformat.prompt(n, layout) for n in batch]
-    expected = {netsformat.prompt(s, layout) for n in batch for s in nets.parallel_trace(n)[1:-1]}
-    assert set(sent[len(batch) :]) == expected  # the states the blanked lines stand for, framed
+    # the states the blanked lines stand for, framed; without marks the normal net too
+    last = -1 if layout.marks else None
+    expected = {netsformat.prompt(s, layout) for n in batch for s in nets.parallel_trace(n)[1:last]}
+    assert set(sent[len(batch) :]) == expected
     m = json.loads((out / "m.json").read_text())
     assert m["final_answer_accuracy"] == m["valid_trace_rate"] == m["exact_trace_accuracy"] == 1.0
 
 
 def test_other_shapes_ignore_the_layout_so_switching_trace_is_one_param():
-    p = format_stage.NetsFormatParams("nets", "step", "priority", True, FRAME, "plain", "assistant", 1)
+    p = format_stage.NetsFormatParams(
+        "nets", "step", "priority", True, FRAME, False, True, "plain", "assistant", 1
+    )
     assert p.check() == [] and p.layout == netsformat.PLAIN
     assert format_stage.NetsFormatParams(
-        "nets", "pass", "priority", True, -1, "plain", "assistant", 1
+        "nets", "pass", "priority", True, -1, True, False, "plain", "assistant", 1
+    ).check()
+    assert format_stage.NetsFormatParams(  # pack with marks: one mark for several nets
+        "nets", "pass", "priority", True, FRAME, True, True, "plain", "assistant", 1
     ).check()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from smolforge import nets, netsformat
@@ -192,11 +194,11 @@ def test_blanks_keep_annihilated_pairs_in_place_and_frame_pads_the_prompt():
         ("D B C . . .", "D B C"),
     ]
     # a pass that annihilates everything writes blanks too: every line as long as its
-    # prompt; only the empty net's prompt (EMPTY counts as one symbol) answers EMPTY
+    # prompt; the empty net is one blank, in its prompt and its answer
     assert list(examples("CADB", "pass", "priority", ALIGNED)) == [
         ("C A D B . .", "C D A B ="),
         ("C D A B . .", "_ _ _ _"),
-        ("EMPTY . . . . .", "EMPTY"),
+        ("_ . . . . .", "_"),
     ]
     # a net longer than the frame is written as it is
     assert netsformat.prompt("BBBBBBBB", ALIGNED) == "B B B B B B B B"
@@ -230,3 +232,62 @@ def test_blank_verdicts():
     assert netsformat.read_line("_ _ =", ALIGNED) == "" and netsformat.read_line("_ A", ALIGNED) == "A"
     # without the blanks option a blank is malformed
     assert check_trace("ABDCB", ["_ _ D B C"], "pass", "priority", False).failure == "malformed"
+
+
+# ---- marks: false and pack
+
+LOCAL = netsformat.Layout(blanks=True, frame=9, marks=False, pack=True)
+
+
+def test_without_marks_the_normal_net_answers_itself_and_ends_the_trace():
+    unmarked = netsformat.Layout(blanks=True, frame=6, marks=False)
+    assert netsformat.reference_lines("CADB", "pass", "priority", unmarked) == ["C D A B", "_ _ _ _", "_"]
+    assert netsformat.reference_lines("BA", "pass", "priority", unmarked) == ["B A"]
+    ok = check_trace("ABDCB", ["_ _ D B C", "D B C"], "pass", "priority", False, unmarked)
+    assert ok.correct and ok.valid and ok.exact
+    # repeating a net that still has a redex is a wrong rewrite and a wrong answer
+    stuck = check_trace("ADB", ["A D B"], "pass", "priority", False, unmarked)
+    assert not stuck.correct and stuck.failure == "wrong_rewrite"
+    # decoding goes on while a line changes something; a mark means nothing here
+    assert netsformat.more_follow("_ _ D B C", "ABDCB", "DBC", unmarked)
+    assert not netsformat.more_follow("D B C", "DBC", "DBC", unmarked)
+    assert netsformat.more_follow("D B C =", "DBC", "DBC", netsformat.Layout(True, 6))
+
+
+def test_pack_puts_states_side_by_side_and_each_is_its_own_pass():
+    class Widest(random.Random):  # every line as wide as the frame
+        def randint(self, a, b):
+            return b
+
+    got = list(netsformat.packed(["AB", "DC", "ADC", "", "CBDA", "AAAAAAAAAA"], LOCAL, Widest()))
+    assert got == [
+        ("_ . . . . . . . .", "_"),  # the empty net: one blank, a line of its own
+        ("A B . D C . A D C", "_ _ . D C . D A C"),  # 9 symbols: the frame is full
+        ("A A A A A A A A A A", "A A A A A A A A A A"),  # longer than the frame: alone
+        ("C B D A . . . . .", "B C D A"),
+    ]
+
+
+def test_packed_lines_take_random_widths_and_keep_every_state_in_order():
+    rng = random.Random(0)
+    states = [nets.sample_net(rng, rng.randint(1, 5)) for _ in range(400)]
+    lines = list(netsformat.packed(states, LOCAL, random.Random(1)))
+    parts = [user.rstrip(" .").split(" . ") for user, _ in lines]
+    assert [nets.parse(p) for line in parts for p in line] == states
+    used = [len(user.rstrip(" .").split(" ")) for user, _ in lines]
+    assert max(used) <= LOCAL.frame and min(used) < 4 and max(used) > 6  # short lines and full ones
+    assert any(len(p) == 1 for p in parts) and any(len(p) > 1 for p in parts)
+    for (user, answer), line in zip(lines, parts):
+        assert answer == " . ".join(netsformat.pass_answer(nets.parse(p), LOCAL) for p in line)
+        assert len(answer.split(" ")) == len(user.rstrip(" .").split(" "))  # symbol under symbol
+
+
+def test_pack_needs_blanks_a_frame_and_no_marks():
+    assert LOCAL.problems() == []
+    for bad in (
+        netsformat.Layout(blanks=False, frame=9, marks=False, pack=True),
+        netsformat.Layout(blanks=True, frame=0, marks=False, pack=True),
+        netsformat.Layout(blanks=True, frame=9, marks=True, pack=True),
+    ):
+        assert bad.problems() and "pack" in bad.problems()[0]
+    assert netsformat.Layout.of({"blanks": True, "frame": 8}) == netsformat.Layout(True, 8, True, False)
