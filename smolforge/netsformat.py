@@ -32,6 +32,10 @@ Two more make every answer symbol depend on its own neighbourhood alone:
               ("A B . D" -> "_ _ . D"), so lines run from one short net and many
               fills to a full frame; each is still a net of the training lengths.
               Prompts at evaluation hold one net, as always.
+    border:   every line, prompt and answer, starts with one "." (". A D . ." ->
+              ". D A"), so a net's first symbol has a left neighbour like every other
+              symbol of a packed line, and is the same token as everywhere else
+              (a BPE tokenizer writes a line's first symbol without its space)
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Layout:
     frame: int = 0  # pad prompts to this many symbols (0: no padding)
     marks: bool = True  # ` =` after a line that more passes follow
     pack: bool = False  # training lines hold several states (needs blanks, frame, no marks)
+    border: bool = False  # every line starts with FILL
 
     @classmethod
     def of(cls, task: dict) -> Layout:
@@ -67,6 +72,7 @@ class Layout:
             int(task.get("frame", 0)),
             bool(task.get("marks", True)),
             bool(task.get("pack", False)),
+            bool(task.get("border", False)),
         )
 
     def problems(self) -> list[str]:
@@ -100,6 +106,15 @@ def step_answer(state: str, strategy: nets.Strategy) -> str:
 
 def pass_answer(state: str, layout: Layout = PLAIN) -> str:
     """The assistant text of the parallel-pass shape: the state after one pass."""
+    return bordered(pass_body(state, layout), layout)
+
+
+def bordered(text: str, layout: Layout) -> str:
+    return f"{FILL} {text}" if layout.border else text
+
+
+def pass_body(state: str, layout: Layout) -> str:
+    """One pass over `state`, without the line's border."""
     if layout.blanks and not state:
         return BLANK  # the empty net, as its own prompt writes it
     after = nets.parallel_step(state)
@@ -131,8 +146,8 @@ def packed(states: list[str], layout: Layout, rng: random.Random) -> Iterator[tu
             user = f" {FILL} ".join(nets.to_text(s) for s in group)
             used = sum(len(s) for s in group) + len(group) - 1
             yield (
-                " ".join([user] + [FILL] * (layout.frame - used)),
-                f" {FILL} ".join(pass_answer(s, layout) for s in group),
+                bordered(" ".join([user] + [FILL] * (layout.frame - used)), layout),
+                bordered(f" {FILL} ".join(pass_body(s, layout) for s in group), layout),
             )
             group.clear()
 
@@ -159,12 +174,14 @@ def prompt(state: str, layout: Layout = PLAIN) -> str:
     """The user text for `state`: the net, then FILL up to the frame (with blanks the
     empty net is one blank)."""
     text = BLANK if layout.blanks and not state else nets.to_text(state)
-    return " ".join([text] + [FILL] * (layout.frame - max(len(state), 1)))
+    return bordered(" ".join([text] + [FILL] * (layout.frame - max(len(state), 1))), layout)
 
 
 def read_prompt(text: str) -> str | None:
-    """The net in a user text (FILL padding dropped), or None when malformed."""
+    """The net in a user text (border and FILL padding dropped), or None when malformed."""
     parts = text.strip().split(" ")
+    if len(parts) > 1 and parts[0] == FILL:  # a border: no net starts with FILL
+        parts.pop(0)
     while len(parts) > 1 and parts[-1] == FILL:
         parts.pop()
     return "" if parts == [BLANK] else nets.parse(" ".join(parts))
@@ -174,6 +191,10 @@ def read_line(text: str, layout: Layout = PLAIN) -> str | None:
     """The state a model's line stands for (its ` =` and, with blanks, its blanks
     dropped), or None when the line is malformed."""
     body = text[: -len(CONTINUES)] if text.endswith(CONTINUES) else text
+    if layout.border:
+        if not body.startswith(f"{FILL} "):
+            return None
+        body = body[2:]
     if layout.blanks and body.strip() != nets.EMPTY:
         parts = body.strip().split(" ")
         if parts and all(p == BLANK for p in parts):  # every pair annihilated: the empty net

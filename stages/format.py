@@ -48,6 +48,7 @@ class NetsFormatParams:
     frame: int  # pass: pad prompts with "." to this many symbols (0: no padding)
     marks: bool  # pass: " =" after a line that more passes follow (false: stop when nothing changes)
     pack: bool  # pass: several training states a line, "." between (needs blanks, frame, no marks)
+    border: bool  # pass: every line starts with "."
     chat_style: chat.ChatStyle
     loss_on: Literal["assistant", "all"]
     seed: int  # shuffles the order of training examples
@@ -63,7 +64,7 @@ class NetsFormatParams:
         so switching `trace` is one param."""
         if self.trace != "pass":
             return netsformat.PLAIN
-        return netsformat.Layout(self.blanks, self.frame, self.marks, self.pack)
+        return netsformat.Layout(self.blanks, self.frame, self.marks, self.pack, self.border)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def format_nets(args, p: NetsFormatParams, log) -> None:
                 "frame": p.layout.frame,
                 "marks": p.layout.marks,
                 "pack": p.layout.pack,
+                "border": p.layout.border,
                 "chat_style": p.chat_style,
                 "chat_template": chat.template(p.chat_style),
                 "counts": counts,

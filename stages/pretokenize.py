@@ -236,7 +236,19 @@ def main(argv: list[str] | None = None) -> None:
             "counts": counts,
             "task": {
                 k: fmeta[k]
-                for k in ("task", "trace", "strategy", "blanks", "frame", "marks", "pack", "chat_style", "stop", "system")
+                for k in (
+                    "task",
+                    "trace",
+                    "strategy",
+                    "blanks",
+                    "frame",
+                    "marks",
+                    "pack",
+                    "border",
+                    "chat_style",
+                    "stop",
+                    "system",
+                )
                 if k in fmeta
             },
         }

@@ -17,13 +17,18 @@ from tests.conftest import TINY_PARAMS, nets_run
 
 FRAME = 14  # the tiny OOD nets have length 12
 ALIGNED = netsformat.Layout(True, FRAME)
-LOCAL = netsformat.Layout(True, FRAME, marks=False, pack=True)
+LOCAL = netsformat.Layout(True, FRAME, marks=False, pack=True, border=True)
 
 
 def layout_run(d, layout: netsformat.Layout) -> dict:
     data = yaml.safe_load(TINY_PARAMS.read_text())
     data["format"]["nets"].update(
-        trace="pass", blanks=layout.blanks, frame=layout.frame, marks=layout.marks, pack=layout.pack
+        trace="pass",
+        blanks=layout.blanks,
+        frame=layout.frame,
+        marks=layout.marks,
+        pack=layout.pack,
+        border=layout.border,
     )
     (d / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return {**nets_run(d), "layout": layout}
@@ -71,13 +76,15 @@ def test_packed_lines_hold_training_nets_side_by_side_without_marks(local_run):
     records = [json.loads(x) for x in (local_run["format"] / "train.jsonl").read_text().splitlines()]
     for rec in records:
         user, assistant = (m["content"] for m in rec["messages"])
-        assert len(user.split(" ")) == FRAME and netsformat.CONTINUES not in assistant
+        assert len(user.split(" ")) == FRAME + 1 and netsformat.CONTINUES not in assistant
+        assert user.startswith(". ") and assistant.startswith(". ")  # the border
+        user, assistant = user[2:], assistant[2:]
         if netsformat.read_prompt(user) == "":  # the empty net, a line of its own
             assert assistant == netsformat.BLANK
             continue
         parts = [nets.parse(p) for p in user.rstrip(" .").split(" . ")]
         assert all(p and p not in heldout for p in parts)  # every net in a line is checked
-        assert assistant == " . ".join(netsformat.pass_answer(p, LOCAL) for p in parts)
+        assert assistant == " . ".join(netsformat.pass_body(p, LOCAL) for p in parts)
         seen.update(parts)
     assert max(len(r["messages"][0]["content"].rstrip(" .").split(" . ")) for r in records) > 1
     train_nets = {
@@ -138,12 +145,12 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, reques
 
 def test_other_shapes_ignore_the_layout_so_switching_trace_is_one_param():
     p = format_stage.NetsFormatParams(
-        "nets", "step", "priority", True, FRAME, False, True, "plain", "assistant", 1
+        "nets", "step", "priority", True, FRAME, False, True, True, "plain", "assistant", 1
     )
     assert p.check() == [] and p.layout == netsformat.PLAIN
     assert format_stage.NetsFormatParams(
-        "nets", "pass", "priority", True, -1, True, False, "plain", "assistant", 1
+        "nets", "pass", "priority", True, -1, True, False, False, "plain", "assistant", 1
     ).check()
     assert format_stage.NetsFormatParams(  # pack with marks: one mark for several nets
-        "nets", "pass", "priority", True, FRAME, True, True, "plain", "assistant", 1
+        "nets", "pass", "priority", True, FRAME, True, True, False, "plain", "assistant", 1
     ).check()

@@ -291,3 +291,18 @@ def test_pack_needs_blanks_a_frame_and_no_marks():
     ):
         assert bad.problems() and "pack" in bad.problems()[0]
     assert netsformat.Layout.of({"blanks": True, "frame": 8}) == netsformat.Layout(True, 8, True, False)
+
+
+def test_a_border_starts_every_line_and_is_read_away():
+    edged = netsformat.Layout(blanks=True, frame=6, marks=False, pack=True, border=True)
+    assert netsformat.prompt("AD", edged) == ". A D . . . ."
+    assert netsformat.pass_answer("AD", edged) == ". D A"
+    assert netsformat.pass_answer("", edged) == ". _"
+    assert netsformat.read_prompt(". A D . . . .") == "AD" and netsformat.read_prompt(". _ . .") == ""
+    assert netsformat.read_line(". _ _ D", edged) == "D" and netsformat.read_line("_ _ D", edged) is None
+    assert list(netsformat.packed(["AB", "D"], edged, random.Random(0))) in (
+        [(". A B . D . .", ". _ _ . D")],
+        [(". A B . . . .", ". _ _"), (". D . . . . .", ". D")],
+    )
+    ok = check_trace("ABDCB", [". _ _ D B C", ". D B C"], "pass", "priority", False, edged)
+    assert ok.correct and ok.valid and ok.exact
