@@ -72,6 +72,9 @@ def test_token_files_decode_to_the_rendered_text(tiny_run):
         "strategy": "priority",
         "blanks": False,
         "frame": 0,
+        "marks": True,
+        "pack": False,
+        "border": False,
         "chat_style": "plain",
     }
     metrics = json.loads((tiny_run["dir"] / "metrics" / "pretokenize.json").read_text())
