@@ -56,7 +56,7 @@ _REWRITE = dict(nets.RULES)
 
 @dataclass(frozen=True)
 class Layout:
-    """How the `pass` shape writes its lines (both off: the plain shape)."""
+    """How the `pass` shape writes its lines (all defaults: the plain shape)."""
 
     blanks: bool = False
     frame: int = 0  # pad prompts to this many symbols (0: no padding)
@@ -113,10 +113,15 @@ def bordered(text: str, layout: Layout) -> str:
     return f"{FILL} {text}" if layout.border else text
 
 
+def net_text(state: str, layout: Layout) -> str:
+    """A net's symbols in a line: with blanks the empty net is one blank."""
+    return BLANK if layout.blanks and not state else nets.to_text(state)
+
+
 def pass_body(state: str, layout: Layout) -> str:
     """One pass over `state`, without the line's border."""
     if layout.blanks and not state:
-        return BLANK  # the empty net, as its own prompt writes it
+        return net_text(state, layout)  # the empty net answers itself
     after = nets.parallel_step(state)
     if not layout.blanks or len(after) == len(state):
         return line(after, layout.marks)
@@ -139,27 +144,27 @@ def packed(states: list[str], layout: Layout, rng: random.Random) -> Iterator[tu
     empty net and nets longer than the frame get lines of their own.
     Each state's part of the answer is its own pass."""
     group: list[str] = []
-    width = rng.randint(1, layout.frame)
-
-    def flush() -> Iterator[tuple[str, str]]:
-        if group:
-            user = f" {FILL} ".join(nets.to_text(s) for s in group)
-            used = sum(len(s) for s in group) + len(group) - 1
-            yield (
-                bordered(" ".join([user] + [FILL] * (layout.frame - used)), layout),
-                bordered(f" {FILL} ".join(pass_body(s, layout) for s in group), layout),
-            )
-            group.clear()
-
+    used, width = 0, rng.randint(1, layout.frame)  # symbols in the line so far, its width
     for state in states:
         if not state or len(state) > layout.frame:
             yield prompt(state, layout), pass_answer(state, layout)
             continue
-        if group and sum(len(s) + 1 for s in group) + len(state) > width:
-            yield from flush()
-            width = rng.randint(1, layout.frame)
+        if group and used + 1 + len(state) > width:
+            yield packed_line(group, used, layout)
+            group, width = [], rng.randint(1, layout.frame)
+        used = used + 1 + len(state) if group else len(state)
         group.append(state)
-    yield from flush()
+    if group:
+        yield packed_line(group, used, layout)
+
+
+def packed_line(group: list[str], used: int, layout: Layout) -> tuple[str, str]:
+    """(user, assistant) of one packed line of `used` symbols."""
+    user = f" {FILL} ".join(nets.to_text(s) for s in group)
+    return (
+        bordered(" ".join([user] + [FILL] * (layout.frame - used)), layout),
+        bordered(f" {FILL} ".join(pass_body(s, layout) for s in group), layout),
+    )
 
 
 def more_follow(text: str, before: str, after: str | None, layout: Layout) -> bool:
@@ -173,7 +178,7 @@ def more_follow(text: str, before: str, after: str | None, layout: Layout) -> bo
 def prompt(state: str, layout: Layout = PLAIN) -> str:
     """The user text for `state`: the net, then FILL up to the frame (with blanks the
     empty net is one blank)."""
-    text = BLANK if layout.blanks and not state else nets.to_text(state)
+    text = net_text(state, layout)
     return bordered(" ".join([text] + [FILL] * (layout.frame - max(len(state), 1))), layout)
 
 

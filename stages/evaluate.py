@@ -256,12 +256,11 @@ def evaluate_nets(args, p: EvaluateParams, log) -> None:
     # ---- decode and judge
     t0 = time.perf_counter()
     results, rows = {}, []
+    layout = netsformat.Layout.of(task)
     for name, items in sets.items():
         outputs = solve(model, tok, task, items, p.batch_size)
         verdicts = [
-            netsformat.check_trace(
-                it["net"], lines, task["trace"], task["strategy"], looped, netsformat.Layout.of(task)
-            )
+            netsformat.check_trace(it["net"], lines, task["trace"], task["strategy"], looped, layout)
             for it, (lines, looped) in zip(items, outputs)
         ]
         results[name] = (items, verdicts)

@@ -51,7 +51,7 @@ class NetsFormatParams:
     border: bool  # pass: every line starts with "."
     chat_style: chat.ChatStyle
     loss_on: Literal["assistant", "all"]
-    seed: int  # shuffles the order of training examples
+    seed: int  # shuffles the order of training examples (and, with pack, which states share a line)
 
     def check(self) -> list[str]:
         if self.frame < 0:
@@ -60,8 +60,8 @@ class NetsFormatParams:
 
     @property
     def layout(self) -> netsformat.Layout:
-        """blanks, frame, marks and pack apply to the pass shape; the others ignore them,
-        so switching `trace` is one param."""
+        """blanks, frame, marks, pack and border apply to the pass shape; the others
+        ignore them, so switching `trace` is one param."""
         if self.trace != "pass":
             return netsformat.PLAIN
         return netsformat.Layout(self.blanks, self.frame, self.marks, self.pack, self.border)
