@@ -5,7 +5,7 @@
     python -m bench --only trainer,decode
     python -m bench --repo .        # time the no-op dvc repro in a built workspace
 
-Writes the table as JSON to bench/results.json (README cites it) unless --out says
+Writes the table as JSON to bench/results.json (docs/performance.md cites it) unless --out says
 elsewhere. Timings vary from run to run; nothing here is a test and nothing asserts.
 """
 

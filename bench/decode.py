@@ -1,4 +1,4 @@
-"""Evaluate's decoding (smolforge.decode.greedy: batched, KV cache) vs naive decoding.
+"""Evaluate's decoding (smolforge.core.decode.greedy: batched, KV cache) vs naive decoding.
 
 Naive: one prompt at a time, each new token by a full forward over the whole sequence
 so far (no cache), greedy. Both decode the same prompts with the same budgets and stop
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from bench.common import Row, interleave, median, meets, paired_ratio, timed
-from smolforge import model as model_lib
-from smolforge.decode import greedy
-from smolforge.params import load_params
-from stages.evaluate import EvaluateParams
-from stages.train import TrainParams
+from smolforge.core import model as model_lib
+from smolforge.core.decode import greedy
+from smolforge.core.params import load_params
+from smolforge.core.train import TrainParams
+from smolforge.nets.evaluate import EvaluateParams
 
 ROOT = Path(__file__).resolve().parent.parent
 

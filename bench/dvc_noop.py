@@ -10,47 +10,11 @@ With --quick only the nets track is built and `dvc repro evaluate@nets` is timed
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from bench.common import Row, median, meets, timed
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ("data/", "models/", "metrics/", "dvc.lock")
-
-
-def sh(cwd: Path, *cmd: str) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@smolforge.invalid",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@smolforge.invalid",
-    }
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if res.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}) in {cwd}:\n{res.stdout}\n{res.stderr}")
-    return res.stdout + res.stderr
-
-
-def tiny_repo(dst: Path) -> None:
-    """The project's source files (not its results) in a new git repo, with tiny params."""
-    files = sh(ROOT, "git", "ls-files", "--cached", "--others", "--exclude-standard").split()
-    for rel in files:
-        if rel.startswith(RESULTS) or not (ROOT / rel).is_file():
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst / rel)
-    shutil.copy(ROOT / "tests/fixtures/params.tiny.yaml", dst / "params.yaml")
-    sh(dst, "git", "init", "-q", "-b", "main")
-    sh(dst, "git", "add", "-A")
-    sh(dst, "git", "commit", "-qm", "tiny")
+from smolforge.dev.sandbox import ROOT, new_repo, sh
 
 
 def run(quick: bool, repo: Path | None = None) -> list[Row]:
@@ -60,7 +24,7 @@ def run(quick: bool, repo: Path | None = None) -> list[Row]:
         where = repo
         if where is None:
             where = Path(d)
-            tiny_repo(where)
+            new_repo(where, ROOT / "tests/fixtures/params.tiny.yaml")
             sh(where, "dvc", "repro", *targets)  # the full run, not timed
         out = sh(where, "dvc", "status", *targets)
         if "up to date" not in out:

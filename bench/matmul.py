@@ -32,8 +32,8 @@ def run(quick: bool) -> list[Row]:
     """The matmul row: bf16 vs fp32 at train.nets' threads. A peak is what the machine
     reaches when nothing interferes, so it is the best round, not the median (the note
     gives the medians too)."""
-    from smolforge.params import load_params
-    from stages.train import TrainParams
+    from smolforge.core.params import load_params
+    from smolforge.core.train import TrainParams
 
     threads = load_params("train.nets", TrainParams, ROOT / "params.yaml").threads
     torch.set_num_threads(threads)

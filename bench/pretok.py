@@ -29,11 +29,11 @@ from pathlib import Path
 import yaml
 
 from bench.common import Row, interleave, median, meets, paired_ratio, timed
-from smolforge import chat, tokenizer, tokens
-from smolforge.io import read_meta
-from smolforge.params import read_yaml
+from smolforge.core import encode, styles, tokenizer, tokens
+from smolforge.core.io import read_meta
+from smolforge.core.params import read_yaml
 from stages import format as format_stage
-from stages import generate, pretokenize
+from stages import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,8 @@ def build_segments(tmp: Path, n_train: int) -> tuple[list, dict]:
             str(tmp / "m2.json"),
         ]
     )
-    return pretokenize.read_segments(tmp / "fmt/train.jsonl", None), read_meta(
-        tmp / "fmt", "format", versions=(1,)
+    return encode.read_segments(tmp / "fmt/train.jsonl", None), read_meta(
+        tmp / "fmt", "format", versions=(2,)
     )
 
 
@@ -69,7 +69,7 @@ def run(quick: bool) -> list[Row]:
         examples, fmeta = build_segments(tmp, 4_000 if quick else 20_000)
         p = read_yaml(ROOT / "params.yaml")["pretokenize"]["nets"]
         texts = ["".join(t for t, _ in ex) for ex in examples]
-        specials = tokenizer.Specials(chat.BOS, chat.EOS, chat.PAD)
+        specials = tokenizer.Specials(styles.BOS, styles.EOS, styles.PAD)
         built = tokenizer.build(
             p["tokenizer"], texts, fmeta.get("chat_template"), specials, vocab_size=p["vocab_size"]
         )
@@ -85,7 +85,7 @@ def run(quick: bool) -> list[Row]:
 
             def work() -> None:
                 paths = {"train": tmp / "fmt/train.jsonl"}
-                encoded, _ = pretokenize.encode_and_check(hf, {"train": examples}, paths, log)
+                encoded, _ = encode.encode_and_check(hf, {"train": examples}, paths, log)
                 n_tokens["stage"] = tokens.write_split(out, "train", encoded["train"], dtype)["n_tokens"]
 
             dt = timed(work)

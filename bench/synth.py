@@ -1,6 +1,6 @@
 """Synthesis throughput on the embedded llama.cpp server: requests in flight vs one at a time.
 
-The sides ask the pipeline's own client (smolforge.llm.ask_all, the request cache in a
+The sides ask the pipeline's own client (smolforge.llm.client.ask_all, the request cache in a
 temporary file) for plain completions of the conversations prompt of params.yaml, each
 side and round with its own words and seeds (so nothing comes from the cache), and count
 completion tokens per second of wall time:
@@ -22,11 +22,11 @@ import tempfile
 from pathlib import Path
 
 from bench.common import Row, interleave, median, meets, paired_ratio, timed
-from smolforge import llama_server, synth
-from smolforge.llm import AskStats, Client, Request, RetryPolicy, Sampling, ask_all
-from smolforge.llmcache import RequestCache
-from smolforge.params import load_params
-from stages.synthesize import SynthesizeParams
+from smolforge.core.params import load_params
+from smolforge.llm import server, synth
+from smolforge.llm.cache import RequestCache
+from smolforge.llm.client import AskStats, Client, Request, RetryPolicy, Sampling, ask_all
+from smolforge.llm.synthesize import SynthesizeParams
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "apple river candle window garden ladder mirror pencil basket kettle harbor lantern".split()
@@ -39,7 +39,7 @@ def run(quick: bool) -> list[Row]:
     n_req, rounds, max_tokens = (4, 2, 32) if quick else (6, 3, 48)
     sampling = Sampling(c.sampling.temperature, c.sampling.top_p, max_tokens, list(c.sampling.stop))
     prompt = "\n".join(c.prompt_lines)
-    gguf = Path(e.gguf) if e.gguf else llama_server.smollm2_gguf()
+    gguf = Path(e.gguf) if e.gguf else server.smollm2_gguf()
     policy = RetryPolicy(p.timeout_s, 0, 0.0, 0.0, 0.0)
     made = {"n": 0}
 
@@ -61,7 +61,7 @@ def run(quick: bool) -> list[Row]:
 
         def start(name: str, threads: int) -> tuple[str, str]:
             running = stack.enter_context(
-                llama_server.serve(gguf, p.model, threads, e.n_ctx, e.startup_timeout_s, tmp / f"{name}.log")
+                server.serve(gguf, p.model, threads, e.n_ctx, e.startup_timeout_s, tmp / f"{name}.log")
             )
             return running.base_url, running.api_key
 

@@ -1,11 +1,11 @@
 """Trainer throughput: the pipeline's real training step vs a bare loop, and CPU variants.
 
-The trainer side runs what stages/train.py runs each step: the seeded length-bucketed
-sampler, collate, smolforge.trainloop.next_step and trainloop.step (lr schedule, loss
-over targets, grad clip, AdamW, loss bookkeeping). The bare side runs forward, loss,
-backward, optimizer step and nothing else, on the same model shape, dtype and batches
-(collated beforehand, outside the timing). Both start from the same init and see the
-same batches, so the ratio is the pipeline's overhead.
+The trainer side runs what the training loop (smolforge/core/train.py) runs each step:
+the seeded length-bucketed sampler, collate, smolforge.core.trainloop.next_step and
+trainloop.step (lr schedule, loss over targets, grad clip, AdamW, loss bookkeeping).
+The bare side runs forward, loss, backward, optimizer step and nothing else, on the same
+model shape, dtype and batches (collated beforehand, outside the timing). Both start
+from the same init and see the same batches, so the ratio is the pipeline's overhead.
 
 The model and batch are `train.nets` of params.yaml. The data is the real
 data/pretokenize/nets when it has been built, else nets-shaped synthetic examples.
@@ -24,12 +24,12 @@ import torch.nn.functional as F
 
 from bench import matmul
 from bench.common import Row, interleave, median, meets, paired_ratio
-from smolforge import model as model_lib
-from smolforge import tokens, trainloop
-from smolforge.data import Sampler, collate
-from smolforge.io import read_meta
-from smolforge.params import load_params
-from stages.train import TrainParams, lr_at
+from smolforge.core import model as model_lib
+from smolforge.core import tokens, trainloop
+from smolforge.core.data import Sampler, collate
+from smolforge.core.io import read_meta
+from smolforge.core.params import load_params
+from smolforge.core.train import TrainParams, lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = trainloop.Dist(0, 1, torch.device("cpu"))
@@ -39,7 +39,7 @@ def token_split(tmp: Path, real: Path | None) -> tuple[tokens.TokenSplit, int, s
     """(train split, vocab size, where it came from)."""
     real = real or ROOT / "data/pretokenize/nets"
     if (real / "meta.json").is_file():
-        meta = read_meta(real, "pretokenize", versions=(1,))
+        meta = read_meta(real, "pretokenize", versions=(tokens.FORMAT_VERSION,))
         return tokens.read_split(real, "train", meta), meta["vocab_size"], str(real)
     # nets-shaped: BOS, a net of n symbols, the answer of about n, EOS; loss on the answer
     rng = np.random.default_rng(0)

@@ -14,66 +14,15 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from smolforge import nets
-from smolforge.cli import StageError, run
-from smolforge.io import atomic_dir, write_json, write_jsonl
-from smolforge.log import setup
-from smolforge.params import load_params
+from smolforge.core.cli import run
+from smolforge.core.io import atomic_dir, write_json, write_jsonl
+from smolforge.core.log import setup
+from smolforge.core.params import load_params
+from smolforge.nets import generate
 
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class GenerateParams:
-    seed: int
-    train_lengths: list[int]  # [min, max], inclusive
-    n_train: int
-    train_vanishing_share: float  # share of training nets built to reduce to the empty net
-    n_val: int
-    n_test: int
-    max_heldout_share: float  # at most this share of all nets of a length is held out
-    ood_lengths: list[int]
-    n_ood: int  # per OOD length
-    stratified_length: int
-    stratified_per_steps: int
-    stratified_max_steps: int
-
-    def check(self) -> list[str]:
-        errors = []
-        lo_hi = self.train_lengths
-        if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
-            errors.append(f"train_lengths: expected [min, max] with 1 <= min <= max, got {lo_hi}")
-        if not 0 <= self.train_vanishing_share <= 1:
-            errors.append("train_vanishing_share: expected a share between 0 and 1")
-        if not 0 < self.max_heldout_share < 1:
-            errors.append("max_heldout_share: expected a share strictly between 0 and 1")
-        for name in ("n_train", "n_val", "n_test", "n_ood", "stratified_per_steps"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name}: expected a count >= 0")
-        if any(n < 1 for n in self.ood_lengths):
-            errors.append(f"ood_lengths: expected lengths >= 1, got {self.ood_lengths}")
-        if self.stratified_max_steps > nets.max_steps(self.stratified_length):
-            errors.append(
-                f"stratified_max_steps: nets of length {self.stratified_length} take at most "
-                f"{nets.max_steps(self.stratified_length)} steps"
-            )
-        return errors
-
-
-def make_record(split: str, i: int, net: str) -> dict:
-    red = nets.reduce(net)
-    return {
-        "id": f"{split}-{i:06d}",
-        "source": "generate",
-        "split": split,
-        "net": nets.to_text(net),
-        "length": len(net),
-        "steps": red.steps,
-        "answer": nets.to_text(red.normal_form),
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,30 +32,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", type=Path, required=True)
     args = ap.parse_args(argv)
     log = setup("generate")
-    p = load_params("generate", GenerateParams, args.params)
+    p = load_params("generate", generate.GenerateParams, args.params)
 
-    # ---- sample: held-out sets claim their nets first, training avoids them
-    sampler = nets.SplitSampler(p.seed, p.max_heldout_share)
-    lengths = range(p.train_lengths[0], p.train_lengths[1] + 1)
-    splits: dict[str, list[str]] = {}
-    try:
-        splits["test"] = sampler.heldout("test", p.n_test, lengths)
-        splits["stratified12"] = sampler.by_steps(
-            "stratified12", p.stratified_length, p.stratified_per_steps, p.stratified_max_steps
-        )
-        splits["ood"] = [
-            net for n in p.ood_lengths for net in sampler.heldout("ood", p.n_ood, range(n, n + 1))
-        ]
-        splits["val"] = sampler.heldout("val", p.n_val, lengths)
-    except ValueError as e:
-        raise StageError(f"params.yaml: generate: {e}") from None
-    splits["train"] = sampler.train(p.n_train, lengths, p.train_vanishing_share)
+    # ---- sample
+    splits = generate.sample_splits(p)
 
     # ---- write
     counts = {}
     with atomic_dir(args.out) as tmp:
         for split, items in splits.items():
-            records = [make_record(split, i, net) for i, net in enumerate(items)]
+            records = [generate.make_record(split, i, net) for i, net in enumerate(items)]
             counts[split] = write_jsonl(tmp / f"{split}.jsonl", records)
             if split == "train":
                 by_len = Counter(r["length"] for r in records)

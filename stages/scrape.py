@@ -5,15 +5,12 @@ a blog archive, docs), or a local folder, which the stage serves itself on 127.0
 a free port for the duration of the crawl, so both take the same code path. The default
 is the small site shipped in sites/essays/, so `dvc repro` runs offline.
 
-Writes OUT/pages.jsonl, one document a line, sorted by URL:
+Writes OUT/pages.jsonl, one document a line, sorted by URL (the record is described in
+smolforge/web/scrape.py):
 
     {"id", "source": "scrape", "url", "title", "date", "text", "notes", "n_words"}
 
-`id` is the first 16 hex digits of the sha1 of the URL; `text` is paragraphs joined by a
-blank line; `date` (YYYY-MM-DD or YYYY-MM) may be null; `notes` is the trailing notes
-section when scrape.notes is `field`, else "". For a local folder, `url` is the folder as
-written in params plus the page's path (e.g. sites/essays/tools.html), so it does not
-depend on the port. OUT/meta.json lists every URL skipped or failed and why.
+and OUT/meta.json, which lists every URL skipped or failed and why.
 
 CACHE holds an HTTP cache (ETag / Last-Modified) kept between runs; it never changes the
 output. METRICS gets the counts, TIMING what varies by run (requests, cache hits, time).
@@ -26,154 +23,17 @@ Run by hand:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import re
+import dataclasses
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from smolforge.cli import StageError, run
-from smolforge.crawl import SKIP_REASONS, CrawlReport, LinkRules, Page, StartPageError, crawl, serve_folder
-from smolforge.extract import ExtractOptions, NotesMode, extract
-from smolforge.fetch import FAIL_REASONS, Fetcher, FetchPolicy, FetchStats
-from smolforge.httpcache import HttpCache
-from smolforge.io import atomic_dir, write_json, write_jsonl
-from smolforge.log import progress, setup
-from smolforge.params import load_params
+from smolforge.core.cli import run
+from smolforge.core.io import atomic_dir, write_json, write_jsonl
+from smolforge.core.log import setup
+from smolforge.core.params import load_params
+from smolforge.web.scrape import ScrapeParams, scrape
 
-FORMAT_VERSION = 1
-STAGE_SKIPS = ("too_short",)  # pages received whose body has fewer than min_words words
-
-
-@dataclass(frozen=True)
-class ScrapeParams:
-    source: str
-    user_agent: str
-    delay_s: float
-    connect_timeout_s: float
-    read_timeout_s: float
-    max_page_s: float
-    max_retries: int
-    backoff_s: float
-    backoff_max_s: float
-    max_wait_s: float
-    max_redirects: int
-    max_bytes: int
-    allowed_sites: list[str]
-    include: list[str]
-    exclude: list[str]
-    max_pages: int
-    max_depth: int
-    min_words: int
-    max_link_density: float
-    footnote_pattern: str
-    notes: NotesMode
-    notes_heading: str
-
-    def check(self) -> list[str]:
-        errors = []
-        if not (is_url(self.source) or Path(self.source).is_dir()):
-            errors.append(f"source: {self.source!r} is neither an http(s) URL nor an existing folder")
-        if not self.user_agent.strip():
-            errors.append("user_agent: must not be empty (sites identify crawlers by it)")
-        for name in ("connect_timeout_s", "read_timeout_s", "max_page_s", "max_bytes", "max_pages"):
-            if getattr(self, name) <= 0:
-                errors.append(f"{name}: expected a number > 0")
-        non_negative = ("delay_s", "max_retries", "backoff_s", "backoff_max_s", "max_wait_s", "max_redirects")
-        for name in (*non_negative, "max_depth", "min_words"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name}: expected a number >= 0")
-        if not 0 <= self.max_link_density <= 1:
-            errors.append("max_link_density: expected a share between 0 and 1")
-        errors += [
-            f"allowed_sites: {s!r} is not an http(s) origin" for s in self.allowed_sites if not is_url(s)
-        ]
-        patterns = [("include", p) for p in self.include] + [("exclude", p) for p in self.exclude]
-        patterns += [("footnote_pattern", self.footnote_pattern), ("notes_heading", self.notes_heading)]
-        for name, pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                errors.append(f"{name}: {pattern!r} is not a regular expression ({e})")
-        return errors
-
-
-def is_url(s: str) -> bool:
-    """Whether `s` is an absolute http(s) URL (else scrape.source names a folder)."""
-    parts = urlsplit(s)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-@contextlib.contextmanager
-def site(source: str) -> Iterator[tuple[str, Callable[[str], str]]]:
-    """(start URL, `public`) for the block; a local folder is served while it runs.
-
-    `public` rewrites the local server's base URL (its port changes from run to run) to
-    the folder as written in params, in URLs and messages alike.
-    """
-    if is_url(source):
-        yield source, lambda s: s
-        return
-    folder = Path(source)
-    if not (folder / "index.html").is_file():
-        raise StageError(f"params.yaml: scrape.source: {folder}/index.html not found (the start page)")
-    public_base = folder.as_posix().rstrip("/") + "/"
-    with serve_folder(folder) as base:
-        yield base + "index.html", lambda s: s.replace(base, public_base)
-
-
-def make_record(url: str, page: Page, opts: ExtractOptions) -> dict:
-    """The JSONL record of one page; `url` is its public URL."""
-    doc = extract(page.html, opts)
-    return {
-        "id": hashlib.sha1(url.encode("utf-8")).hexdigest()[:16],
-        "source": "scrape",
-        "url": url,
-        "title": doc.title,
-        "date": doc.date,
-        "text": doc.text,
-        "notes": "\n\n".join(doc.notes),
-        "n_words": len(doc.text.split()),
-    }
-
-
-def scrape(p: ScrapeParams, cache_dir: Path) -> tuple[list[dict], CrawlReport, FetchStats]:
-    """Crawl the source and extract every page; URLs are made public before they are kept."""
-    policy = FetchPolicy(
-        p.user_agent, p.delay_s, p.connect_timeout_s, p.read_timeout_s, p.max_page_s, p.max_retries,
-        p.backoff_s, p.backoff_max_s, p.max_wait_s, p.max_redirects, p.max_bytes,
-    )  # fmt: skip
-    rules = LinkRules(p.allowed_sites, p.include, p.exclude, p.max_pages, p.max_depth)
-    opts = ExtractOptions(p.max_link_density, p.footnote_pattern, p.notes, p.notes_heading)
-    report, records = CrawlReport(), []
-    with site(p.source) as (start, public):
-        fetcher = Fetcher(policy, HttpCache(cache_dir), cache_key=public)
-        try:
-            for page in progress(crawl(start, fetcher, rules, report), desc="scrape", unit="page"):
-                records.append(make_record(public(page.url), page, opts))
-        except StartPageError as e:
-            raise StageError(f"scrape: {public(str(e))} (params.yaml: scrape.source)") from None
-        finally:
-            fetcher.close()
-    report.problems = [(public(u), r, public(d)) for u, r, d in report.problems]
-    return records, report, fetcher.stats
-
-
-def keep_documents(records: list[dict], min_words: int, report: CrawlReport) -> list[dict]:
-    """Sorted by URL; short pages (an index, a menu) and repeated texts are counted and dropped."""
-    kept, texts = [], set()
-    for rec in sorted(records, key=lambda r: r["url"]):
-        if rec["n_words"] < min_words:
-            report.skip(rec["url"], "too_short", f"{rec['n_words']} words")
-        elif rec["text"] in texts:
-            report.skip(rec["url"], "duplicate", "same text as another page")
-        else:
-            texts.add(rec["text"])
-            kept.append(rec)
-    return kept
+FORMAT_VERSION = 1  # of OUT/meta.json and pages.jsonl
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,37 +47,22 @@ def main(argv: list[str] | None = None) -> None:
     log = setup("scrape")
     p = load_params("scrape", ScrapeParams, args.params)
 
-    # ---- crawl and extract
+    # ---- crawl, extract, keep the documents
     t0 = time.monotonic()
-    records, report, stats = scrape(p, args.cache)
-    docs = keep_documents(records, p.min_words, report)
+    done = scrape(p, args.cache)
 
     # ---- write: outputs do not depend on the cache; what does goes to TIMING
-    counts = {
-        "documents": len(docs),
-        "words": sum(r["n_words"] for r in docs),
-        "pages": report.pages,
-        "skipped": {k: report.skipped[k] for k in SKIP_REASONS + STAGE_SKIPS},
-        "failed": {k: report.failed[k] for k in FAIL_REASONS},
-    }
+    counts = done.counts()
     meta = {"format_version": FORMAT_VERSION, "produced_by": "scrape", "source": p.source, "counts": counts}
-    meta["not_written"] = [{"url": u, "reason": r, "detail": d} for u, r, d in sorted(report.problems)]
+    meta["not_written"] = done.not_written()
     with atomic_dir(args.out) as tmp:
-        write_jsonl(tmp / "pages.jsonl", docs)
+        write_jsonl(tmp / "pages.jsonl", done.documents)
         write_json(tmp / "meta.json", meta)
     write_json(args.metrics, counts)
-    timing = {"elapsed_s": round(time.monotonic() - t0, 3), **asdict(stats)}
-    timing["waited_s"] = round(stats.waited_s, 3)
+    timing = {"elapsed_s": round(time.monotonic() - t0, 3), **dataclasses.asdict(done.stats)}
+    timing["waited_s"] = round(done.stats.waited_s, 3)
     write_json(args.timing, timing)
-    log.info(
-        "kept %s documents (%s words) of %s pages; skipped %s; failed %s; %s requests, %s from cache",
-        f"{len(docs):,}", f"{counts['words']:,}", f"{report.pages:,}", _nonzero(counts["skipped"]),
-        _nonzero(counts["failed"]), f"{stats.requests:,}", f"{stats.from_cache:,}",
-    )  # fmt: skip
-
-
-def _nonzero(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in counts.items() if v) or "none"
+    log.info("%s", done.summary())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Shared fixtures: the tiny params file and a tiny pipeline run in a temp folder."""
+"""Shared fixtures (the tiny params file, a tiny pipeline run in a temp folder) and the
+fast-loop switch: plain `pytest` runs the unit and stage tests; `pytest --all` adds the
+slow suites (tests/e2e, tests/reliability, and every test marked `slow`), as CI does."""
 
 from __future__ import annotations
 
@@ -9,6 +11,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PARAMS = ROOT / "tests" / "fixtures" / "params.tiny.yaml"
+SLOW_SUITES = ("e2e", "reliability")  # folders under tests/ whose every test is slow
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--all",
+        action="store_true",
+        help="also run the slow suites: e2e, reliability, the real SmolLM2 base, DDP (what CI runs)",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the slow suites' tests `slow`; without --all, leave every slow test out."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts[0] in SLOW_SUITES:
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--all"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture

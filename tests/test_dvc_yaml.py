@@ -1,53 +1,59 @@
-"""dvc.yaml is the pipeline map: every stage, path, param section and code dependency."""
+"""dvc.yaml is the pipeline map: every stage, path, param section and code dependency, as DVC resolves it."""
 
 from __future__ import annotations
 
 import ast
-import re
+import importlib
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ["generate", "scrape", "synthesize", "format", "pretokenize", "train", "convert", "evaluate"]
+MODELS = ["nets", "chat"]
 # written by a stage on purpose without being a DVC output (see the comments in dvc.yaml)
 UNDECLARED = {
     "train": {"--state", "--timing"},
     "scrape": {"--cache", "--timing"},
     "synthesize": {"--cache", "--timing"},
 }
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def expand(name: str, spec: dict) -> list[tuple[str, dict]]:
-    """Resolve foreach stages the way DVC does for ${key}, ${item} and ${item.field}."""
-    if "foreach" not in spec:
-        return [(name, spec)]
-    items = spec["foreach"]
-    pairs = items.items() if isinstance(items, dict) else [(i, i) for i in items]
-    return [
-        (f"{name}@{key}", yaml.safe_load(substitute(yaml.safe_dump(spec["do"]), key, item)))
-        for key, item in pairs
-    ]
+def resolved_stages() -> dict[str, dict]:
+    """Every stage instance as DVC itself resolves dvc.yaml against params.yaml (foreach,
+    ${key}, ${item.field}, ${train} included): name -> {cmd, deps, outs, params}."""
+    from dvc.repo import Repo
+
+    out = {}
+    with Repo(str(ROOT)) as repo:
+        for stage in repo.index.stages:
+            params = sorted(k for d in stage.deps if hasattr(d, "params") for k in d.params)
+            out[stage.addressing] = {
+                "cmd": stage.cmd,
+                "deps": [d.def_path for d in stage.deps if not hasattr(d, "params")],
+                "outs": [o.def_path for o in stage.outs],
+                "params": params,
+            }
+    return out
 
 
-def substitute(text: str, key, item) -> str:
-    text = text.replace("${key}", str(key))
-    if isinstance(item, dict):
-        text = re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
-    return text.replace("${item}", str(item))
+RESOLVED = resolved_stages()
 
 
-def declared_paths(spec: dict) -> set[str]:
-    paths = set(spec.get("deps", []))
-    for kind in ("outs", "metrics", "plots"):
-        for entry in spec.get(kind, []):
-            paths.update(entry if isinstance(entry, dict) else [entry])
-    return paths
+def module_file(name: str) -> Path | None:
+    """The .py file of a dotted smolforge module (a package's __init__.py), or None."""
+    path = ROOT / name.replace(".", "/")
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
-def smolforge_imports(path: Path, seen: set[str] | None = None) -> set[str]:
-    """smolforge/*.py files imported by `path`, transitively (function-level imports too)."""
+def imports(path: Path, seen: set[Path] | None = None) -> set[Path]:
+    """smolforge files imported by `path`, transitively (function-level imports too)."""
     seen = set() if seen is None else seen
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
@@ -55,58 +61,111 @@ def smolforge_imports(path: Path, seen: set[str] | None = None) -> set[str]:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("smolforge")]
-        for mod in names:
-            file = ROOT / (mod.replace(".", "/") + ".py")
-            rel = str(file.relative_to(ROOT))
-            if file.is_file() and rel not in seen:
-                seen.add(rel)
-                smolforge_imports(file, seen)
-    if seen:
-        seen.add("smolforge/__init__.py")  # importing any submodule runs the package init
+        for name in names:
+            file = module_file(name)
+            if file is not None and file not in seen:
+                seen.add(file)
+                imports(file, seen)
     return seen
 
 
-DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-EXPANDED = [(base, name, spec) for base, s in DVC["stages"].items() for name, spec in expand(base, s)]
+def as_deps(files: set[Path]) -> set[str]:
+    """What dvc.yaml declares for those files: a package folder each, but the init modules
+    one by one (train depends on its own init's file only), plus smolforge/__init__.py."""
+    out = {"smolforge/__init__.py"}
+    for f in files:
+        rel = f.relative_to(ROOT)
+        if rel.parts[1] == "inits" and rel.name != "__init__.py":
+            out.add(rel.as_posix())
+        elif len(rel.parts) > 2:
+            out.add(f"smolforge/{rel.parts[1]}")
+    return out
 
 
-def test_the_eight_stages_in_order():
-    assert list(DVC["stages"]) == STAGES
-    assert len(EXPANDED) == 3 + 5 * 2  # generate, scrape, synthesize; five stages per model
+def dispatched(base: str, model: str | None) -> list[str]:
+    """The library modules a stage imports by name for this model (its TRACKS / INITS table)."""
+    stage = importlib.import_module(f"stages.{base}")
+    if hasattr(stage, "TRACKS"):
+        return [stage.TRACKS[PARAMS["format"][model]["task"]]]
+    if hasattr(stage, "INITS"):
+        return [stage.INITS[PARAMS["train"][model]["init"]]]
+    return []
+
+
+def test_the_eight_stages_in_order_one_instance_per_model():
+    assert list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) == STAGES
+    expected = {"generate", "scrape", "synthesize"} | {f"{s}@{m}" for s in STAGES[3:] for m in MODELS}
+    assert set(RESOLVED) == expected
 
 
 def test_each_stage_runs_its_own_script_and_declares_its_whole_section():
-    for base, name, spec in EXPANDED:
+    for name, spec in RESOLVED.items():
+        base, _, model = name.partition("@")
         assert spec["cmd"].startswith(f"python -m stages.{base} "), name
         assert f"stages/{base}.py" in spec["deps"], name
-        model = name.split("@")[1] if "@" in name else None
-        assert spec["params"] == [f"{base}.{model}" if model else base], name
+        section = f"{base}.{model}" if model else base
+        node = PARAMS
+        for part in section.split("."):
+            node = node[part]
+        assert spec["params"] == [section], name  # the whole section, nothing else
         if model:
             assert f"--model {model}" in spec["cmd"], name
 
 
 def test_every_path_on_the_command_line_is_declared():
-    for base, name, spec in EXPANDED:
+    for name, spec in RESOLVED.items():
+        base = name.split("@")[0]
         args = shlex.split(spec["cmd"])
-        declared = declared_paths(spec)
-        for flag, value in zip(args, args[1:]):
-            if flag.startswith("--") and flag not in ("--model",) and flag not in UNDECLARED.get(base, set()):
+        declared = set(spec["deps"]) | set(spec["outs"])
+        flags = [(f, v) for f, v in zip(args, args[1:]) if f.startswith("--") and f != "--model"]
+        assert flags, name
+        for flag, value in flags:
+            if flag not in UNDECLARED.get(base, set()):
                 assert value in declared, f"{name}: {flag} {value} is not in deps/outs/metrics/plots"
 
 
-def test_every_imported_library_module_is_a_dependency():
-    for base, name, spec in EXPANDED:
-        needed = smolforge_imports(ROOT / "stages" / f"{base}.py")
-        deps = {d for d in spec["deps"] if d.startswith("smolforge/")}
-        assert needed == deps, f"{name}: missing {sorted(needed - deps)}, extra {sorted(deps - needed)}"
+def test_each_instance_depends_on_exactly_the_code_it_imports():
+    for name, spec in RESOLVED.items():
+        base, _, model = name.partition("@")
+        files = imports(ROOT / "stages" / f"{base}.py")
+        for module in dispatched(base, model or None):
+            files |= {module_file(module)} | imports(module_file(module))
+        needed = as_deps(files)
+        declared = {d for d in spec["deps"] if d.startswith("smolforge")}
+        assert needed == declared, (
+            f"{name}: missing {sorted(needed - declared)}, extra {sorted(declared - needed)}"
+        )
 
 
-def test_params_yaml_has_a_section_for_every_stage():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+def test_a_track_never_depends_on_the_other():
+    for name, spec in RESOLVED.items():
+        code = {d for d in spec["deps"] if d.startswith("smolforge/")}
+        if name.endswith("@nets") or name == "generate":
+            assert not code & {
+                "smolforge/chat",
+                "smolforge/web",
+                "smolforge/llm",
+                "smolforge/inits/lora.py",
+            }, name
+        if name.endswith("@chat") or name in ("scrape", "synthesize"):
+            assert "smolforge/nets" not in code, name
+
+
+def test_no_library_module_imports_a_stage_and_core_imports_no_track():
+    for path in (ROOT / "smolforge").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        rel = path.relative_to(ROOT).as_posix()
+        assert not [m for m in mods if m.startswith("stages")], rel
+        if rel.startswith("smolforge/core/"):
+            assert [m for m in mods if m.startswith("smolforge.")] == [
+                m for m in mods if m.startswith("smolforge.core")
+            ], rel
+
+
+@pytest.mark.parametrize("section", [s for s in STAGES[3:]])
+def test_tiny_params_have_the_same_keys(section):
     tiny = yaml.safe_load((ROOT / "tests/fixtures/params.tiny.yaml").read_text())
-    for _, _, spec in EXPANDED:
-        for section in spec["params"]:
-            node, tnode = params, tiny
-            for part in section.split("."):
-                node, tnode = node[part], tnode[part]
-            assert set(node) == set(tnode), f"{section}: tiny params must have the same keys"
+    for model in MODELS:
+        assert set(PARAMS[section][model]) == set(tiny[section][model]), f"{section}.{model}"

@@ -3,9 +3,9 @@ lengths, in minutes instead of a pipeline run.
 
 Outside the pipeline on purpose: one symbol per token (no BPE), examples drawn on the
 fly from random nets of lengths 1..--maxlen, loss on the answer only, and greedy decoding
-without a KV cache; the model is the nets model's shape (smolforge.model). It answers one
+without a KV cache; the model is the nets model's shape (smolforge.core.model). It answers one
 question fast: does a layout keep working on nets longer than any it was trained on?
-README (What mattered) gives the figures it measured.
+docs/experiments.md gives the figures it measured.
 
     python tools/length_probe.py --blanks --frame 48 --steps 1500      # about 40 s on a GPU
     python tools/length_probe.py --blanks --frame 48 --no-mark --pack --layers 2
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from smolforge import nets  # noqa: E402
-from smolforge.model import LlamaShape, build, llama_config  # noqa: E402
+from smolforge.core.model import LlamaShape, build, llama_config  # noqa: E402
 
 VOCAB = {c: i for i, c in enumerate("ABCD_.=")}
 SEP, EOS, BOS, PAD = 7, 8, 9, 10

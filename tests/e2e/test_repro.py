@@ -4,62 +4,20 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ("data/", "models/", "metrics/", "dvc.lock")  # the default run's products
+from smolforge.dev.sandbox import ROOT, new_repo, ran, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PER_MODEL = ("format", "pretokenize", "train", "convert", "evaluate")
 
 
-def sh(cwd: Path, *cmd: str) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t.invalid",
-    }
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
-    return res.stdout + res.stderr
-
-
-def ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """The project's source files (not its results) in a new git repo, with tiny params."""
-    dst = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        if rel.startswith(RESULTS) or not (ROOT / rel).is_file():
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst / rel)
-    shutil.copy(ROOT / "tests/fixtures/params.tiny.yaml", dst / "params.yaml")
-    sh(dst, "git", "init", "-q", "-b", "main")
-    sh(dst, "git", "add", "-A")
-    sh(dst, "git", "commit", "-qm", "tiny")
-    return dst
+    return new_repo(tmp_path_factory.mktemp("repo"), ROOT / "tests/fixtures/params.tiny.yaml")
 
 
 def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touches(repo):

@@ -5,17 +5,15 @@ once by a real `dvc repro` as the reference, and helpers to run synthesize in-pr
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+from smolforge.dev import sandbox
+from smolforge.dev.sandbox import ran
 from tests import fakeopenai
 from tests.conftest import ROOT, point_chat_at
 
@@ -24,7 +22,6 @@ from tests.conftest import ROOT, point_chat_at
 KEY = "sk-smolforge-" + "5ecre7" * 4
 KEY_ENV = "SMOLFORGE_RELIABILITY_KEY"
 KILLHOOK = Path(__file__).parent / "killhook"  # sitecustomize.py: SIGKILL at a chosen write
-RESULTS = ("data/", "models/", "metrics/", "dvc.lock")  # the committed run's products: not copied
 # Every stage script runs in the repo: generate -> ... -> evaluate for the nets model,
 # scrape -> synthesize, and the chat model up to its LoRA finetune of the tiny random base
 # (its convert and evaluate run the same scripts as the nets model's; leaving them out
@@ -40,11 +37,6 @@ STAGES = {
 IGNORED = (".git", ".dvc")  # their contents are DVC's and git's business
 
 
-def ran(output: str) -> set[str]:
-    """The stages `dvc repro` ran, from its output."""
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 class Repo:
     """A throwaway copy of the project; every command's output is kept in `log`."""
 
@@ -52,14 +44,8 @@ class Repo:
         self.path = path
         self.log: list[str] = []
         self.env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            **sandbox.env(),
             "PYTHONPATH": str(KILLHOOK),  # inert unless SMOLFORGE_KILL is set
-            "DVC_NO_ANALYTICS": "1",
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@t.invalid",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@t.invalid",
             KEY_ENV: KEY,
         }
         self.env.pop("SMOLFORGE_KILL", None)
@@ -148,27 +134,14 @@ def llm(tmp_path_factory):
         gate.open()
 
 
-def copy_project(dst: Path) -> None:
-    """The project's source files (not its results), as git lists them."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for rel in files:
-        if rel.startswith(RESULTS) or not (ROOT / rel).is_file():
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst / rel)
-
-
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, llm, tiny_base) -> Repo:
     """The pipeline, run once by `dvc repro`; `reference_*` record what it produced."""
     srv, _ = llm
     repo = Repo(tmp_path_factory.mktemp("reliability_repo"))
-    copy_project(repo.path)
     data = yaml.safe_load((ROOT / "tests/fixtures/params.tiny.yaml").read_text())
     data["synthesize"].update(base_url=srv.base_url, api_key_env=KEY_ENV)  # the key: from KEY_ENV
+    sandbox.copy_project(repo.path)
     repo.set_params(data)
     point_chat_at(repo.path / "params.yaml", tiny_base)
     repo.sh("git", "init", "-q", "-b", "main")

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smolforge.cli import run
+from smolforge.core.cli import run
 from tests.conftest import ROOT, TINY_PARAMS, point_chat_at
 from tests.fixtures.chat_corpus import DOCUMENTS
-from tests.test_dvc_yaml import EXPANDED
+from tests.test_dvc_yaml import RESOLVED as SPECS  # every stage instance as DVC resolves it
 
-SPECS = {name: spec for _, name, spec in EXPANDED}
 NOT_OUTPUTS = ("--cache",)  # scrape's and synthesize's caches: kept on purpose, also on failure
 
 
@@ -290,7 +289,7 @@ def test_bad_upstream_output(stage, breaker, fragments, workdir, caplog):
 
 def broken_gguf(root: Path) -> str:
     """A GGUF file cut off after its header: what an interrupted download leaves."""
-    from smolforge.llama_server import smollm2_gguf
+    from smolforge.llm.server import smollm2_gguf
 
     with open(smollm2_gguf(), "rb") as f:
         head = f.read(4096)
@@ -343,9 +342,9 @@ def test_a_corrupted_checkpoint_is_ignored_with_a_warning_and_training_starts_ov
 
 
 def test_the_chat_command_refuses_a_truncated_gguf(tmp_path, caplog):
-    from smolforge import chatcli
+    from smolforge.chat import cli
 
     name = broken_gguf(tmp_path)
-    assert run(chatcli.main, ["--model", str(tmp_path / name), "--once", "Hi"]) == 2
+    assert run(cli.main, ["--model", str(tmp_path / name), "--once", "Hi"]) == 2
     assert f"{tmp_path}/broken.gguf: llama.cpp cannot load it" in caplog.text
     assert by("convert") in caplog.text

@@ -87,16 +87,17 @@ class Shuffled(set):
 def test_a_lora_adapter_is_written_the_same_whatever_order_a_set_iterates_in(tiny_base, tmp_path):
     """peft keeps target_modules as a set; its order in adapter_config.json must not depend on
     the process (the crash test found a resumed LoRA run writing q_proj and v_proj swapped)."""
-    from smolforge import basemodel, finetune
-    from stages.train import LoraParams
+    from smolforge.core import pretrained
+    from smolforge.core.train import LoraParams
+    from smolforge.inits import lora
 
-    lora = LoraParams(r=2, alpha=4.0, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"])
+    adapter = LoraParams(r=2, alpha=4.0, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"])
     written = []
     for order in (set, Shuffled):
-        model = finetune.add_lora(basemodel.load_model(str(tiny_base)), lora, seed=0)
+        model = lora.add_lora(pretrained.load_model(str(tiny_base)), adapter, seed=0)
         config = model.peft_config["default"]
         config.target_modules = order(config.target_modules)
-        finetune.save(model, "lora", tmp_path / order.__name__)
+        lora.save(model, tmp_path / order.__name__)
         written.append((tmp_path / order.__name__ / "adapter/adapter_config.json").read_bytes())
     assert written[0] == written[1]
     assert json.loads(written[0])["target_modules"] == ["o_proj", "q_proj", "v_proj"]

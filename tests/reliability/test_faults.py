@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from smolforge.cli import run
-from smolforge.llm import MAX_ANSWER_BYTES, Client, RequestFailed
+from smolforge.core.cli import run
+from smolforge.llm.client import MAX_ANSWER_BYTES, Client, RequestFailed
 from stages import scrape, synthesize
 from tests import fakeopenai as fake
 from tests.httpfixtures import free_port, html, page, raw, redirect, sequence, serve, status, truncated

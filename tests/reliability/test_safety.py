@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from smolforge.cli import StageError, run
+from smolforge.core.cli import StageError, run
 from stages import scrape
 from tests.conftest import ROOT, listing
 from tests.httpfixtures import html, page, redirect, serve
@@ -61,7 +61,7 @@ def test_no_code_can_unpickle_a_file():
         assert keyword(node, "trust_remote_code") in ("absent", False), where
         if ast.unparse(node.func) == "AutoModelForCausalLM.from_pretrained":
             # one place loads train's outputs (safetensors only), one a user-named base
-            assert where == "smolforge/basemodel.py", where
+            assert where == "smolforge/core/pretrained.py", where
 
 
 class Payload:
@@ -79,7 +79,7 @@ def test_a_pickled_model_file_is_never_loaded(tiny_run, tmp_path, caplog):
     shutil.copytree(tiny_run["hf"], hf)
     (hf / "model.safetensors").unlink()
     (hf / "pytorch_model.bin").write_bytes(pickle.dumps(Payload(marker)))
-    from smolforge import talk
+    from smolforge.chat import talk
     from stages import convert, evaluate
 
     common = ["--params", str(tiny_run["params"]), "--model", "nets", "--hf", str(hf)]

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from smolforge.cli import run
+from smolforge.core.cli import run
 from stages import synthesize
 from tests import fakeopenai as fake
 from tests.reliability.conftest import KEY, KEY_ENV, set_section, synth_argv

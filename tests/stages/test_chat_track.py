@@ -3,14 +3,16 @@ evaluate and the chat command. The real base (SmolLM2) runs in the slow and e2e 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import pytest
 import torch
 
-from smolforge import chat
-from smolforge.cli import run
+from smolforge.core import styles
+from smolforge.core.card import read_card, write_card
+from smolforge.core.cli import run
 from stages import evaluate, train
 from stages import format as format_stage
 from tests.conftest import chat_train_argv, listing
@@ -27,7 +29,7 @@ def test_format_mixes_sources_with_weights_and_keeps_val_apart(tiny_chat_run):
     out = tiny_chat_run["format"]
     meta = json.loads((out / "meta.json").read_text())
     counts = meta["counts"]
-    assert meta["task"] == "chat" and meta["chat_style"] == "template"
+    assert meta["task"]["task"] == "chat" and meta["task"]["chat_style"] == "template"
     assert counts["train_weighted"]["qa"] == 2 * counts["train"]["qa"]  # qa weight 2.0
     assert counts["train_weighted"]["essays"] == counts["train"]["essays"]
     train, val = records(out / "train.jsonl"), records(out / "val.jsonl")
@@ -41,13 +43,13 @@ def test_format_mixes_sources_with_weights_and_keeps_val_apart(tiny_chat_run):
     chats = [ex for ex in train if ex["source"] != "essays"]
     for ex in chats:
         assert [t for t, m in ex["segments"] if not m][-1].endswith("<s>assistant\n")
-        assert text(ex) == chat.render_text(meta["chat_template"], ex["messages"], "<s>", "</s>")
+        assert text(ex) == styles.render_text(meta["task"]["chat_template"], ex["messages"], "<s>", "</s>")
 
 
 def test_essays_are_chunked_by_tokens_with_the_title(tiny_chat_run):
-    from smolforge import basemodel
+    from smolforge.core import pretrained
 
-    tok = basemodel.load_tokenizer(str(tiny_chat_run["base"]))
+    tok = pretrained.load_tokenizer(str(tiny_chat_run["base"]))
     essays = [ex for ex in records(tiny_chat_run["format"] / "train.jsonl") if ex["source"] == "essays"]
     for ex in essays:
         title = ex["text"].split("\n\n")[0]
@@ -92,8 +94,9 @@ def test_lora_writes_a_merged_model_and_the_adapter(tiny_chat_run):
     assert metrics["n_trainable"] < metrics["n_params"] / 5 and "base_val_loss" in metrics
     val = (tiny_chat_run["metrics"] / "val_loss.csv").read_text().splitlines()
     assert val[1].startswith("0,")  # the curve starts at the base model
-    sidecar = json.loads((hf / "smolforge.json").read_text())
-    assert sidecar["task"]["task"] == "chat" and sidecar["train_params"]["init"] == "lora"
+    card = read_card(hf)
+    assert card.task.task == "chat" and card.init == "lora" and card.train_params["init"] == "lora"
+    assert card.base == str(tiny_chat_run["base"]) and card.tokenizer == "base"
 
 
 class Crash(Exception):
@@ -103,20 +106,22 @@ class Crash(Exception):
 def test_lora_resume_after_crash_matches_an_uninterrupted_run(tiny_chat_run, tmp_path, monkeypatch):
     paths = {**tiny_chat_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
     m = tmp_path / "metrics"
-    real = train.lr_at
+    from smolforge.core import train as training
+
+    real = training.lr_at
 
     def crash_at_step_3(step, p):
         if step == 3:
             raise Crash()
         return real(step, p)
 
-    monkeypatch.setattr(train, "lr_at", crash_at_step_3)
+    monkeypatch.setattr(training, "lr_at", crash_at_step_3)
     with pytest.raises(Crash):
         train.main(chat_train_argv(paths["params"], paths, m))
     assert not paths["hf"].exists() and (paths["state"] / "ckpt.pt").is_file()
     ckpt = torch.load(paths["state"] / "ckpt.pt", weights_only=True)
     assert all("lora_" in k for k in ckpt["model"])  # the state holds the adapters only
-    monkeypatch.setattr(train, "lr_at", real)
+    monkeypatch.setattr(training, "lr_at", real)
     train.main(chat_train_argv(paths["params"], paths, m))
     from safetensors.torch import load_file
 
@@ -207,17 +212,17 @@ def test_evaluate_writes_the_answers_as_a_table(chat_eval):
 
 
 def test_chat_once_uses_the_training_template(tiny_chat_run, capsys, monkeypatch):
-    from smolforge import chatcli, talk
+    from smolforge.chat import cli, talk
 
     seen = []
-    real = chat.render_text
+    real = styles.render_text
 
     def spy(template, messages, *a, **k):
         seen.append(real(template, messages, *a, **k))
         return seen[-1]
 
-    monkeypatch.setattr(talk.chat, "render_text", spy)
-    chatcli.main(
+    monkeypatch.setattr(talk.styles, "render_text", spy)
+    cli.main(
         [
             "--model",
             str(tiny_chat_run["hf"]),
@@ -230,11 +235,10 @@ def test_chat_once_uses_the_training_template(tiny_chat_run, capsys, monkeypatch
         ]
     )
     assert seen == ["<s>system\nBe brief.</s>\n<s>user\nWhy?</s>\n<s>assistant\n"]
-    assert isinstance(capsys.readouterr().out, str)
 
 
 def test_cut_at_stop():
-    from smolforge.talk import cut_at_stop
+    from smolforge.chat.talk import cut_at_stop
 
     assert cut_at_stop("hello <endOfText> more", ["<human>", "<endOfText>"]) == "hello"
     assert cut_at_stop("no stop here", ["\n"]) == "no stop here"
@@ -246,7 +250,7 @@ def test_chat_with_the_gguf_builds_the_same_prompt_and_knows_the_stop_words(
 ):
     import yaml
 
-    from smolforge import chatcli, talk
+    from smolforge.chat import cli, talk
     from stages import convert
 
     params = tmp_path / "params.yaml"
@@ -257,9 +261,11 @@ def test_chat_with_the_gguf_builds_the_same_prompt_and_knows_the_stop_words(
     params.write_text(yaml.safe_dump(data))
     hf = tmp_path / "hf"
     shutil.copytree(tiny_chat_run["hf"], hf)
-    sidecar = json.loads((hf / "smolforge.json").read_text())
-    sidecar["task"].update(stop=["<human>"], system="Be brief.")
-    (hf / "smolforge.json").write_text(json.dumps(sidecar))
+    card = read_card(hf)
+    write_card(
+        hf,
+        dataclasses.replace(card, task=dataclasses.replace(card.task, stop=["<human>"], system="Be brief.")),
+    )
     out = tmp_path / "gguf"
     convert.main(
         [
@@ -280,8 +286,8 @@ def test_chat_with_the_gguf_builds_the_same_prompt_and_knows_the_stop_words(
     assert hf_chat.stops == ["<human>"] and hf_chat.default_system == "Be brief."
 
     seen = []
-    real = chat.render_text
-    monkeypatch.setattr(talk.chat, "render_text", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    real = styles.render_text
+    monkeypatch.setattr(talk.styles, "render_text", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     for model in (out / "model-f32.gguf", hf):
-        chatcli.main(["--model", str(model), "--once", "Why?", "--max-new-tokens", "3"])
+        cli.main(["--model", str(model), "--once", "Why?", "--max-new-tokens", "3"])
     assert seen[0] == seen[1] == "<s>system\nBe brief.</s>\n<s>user\nWhy?</s>\n<s>assistant\n"

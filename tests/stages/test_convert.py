@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smolforge import chat, tokenizer, tokens
-from smolforge.cli import run
-from smolforge.model import LlamaShape, build, llama_config
+from smolforge.core import styles, tokenizer, tokens
+from smolforge.core.card import CARD_FILE, ModelCard, Task, write_card
+from smolforge.core.cli import run
+from smolforge.core.model import LlamaShape, build, llama_config
+from smolforge.gguf.convert import ConvertParams
+from smolforge.gguf.modelfile import ModelfileParams
+from smolforge.gguf.parity import GateParams
 from stages import convert
 from tests.conftest import listing
-
-pytest.importorskip("llama_cpp")
 
 SHAPE = LlamaShape(
     dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128, rope_theta=10000.0
@@ -32,14 +34,16 @@ def net_texts(n: int, seed: int = 0) -> list[str]:
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     """train's HF dir and pretokenize's folder for a random tiny Llama."""
     root = tmp_path_factory.mktemp("convert_in")
-    tok = tokenizer.to_hf(tokenizer.train_byte_bpe(net_texts(300), 300), chat.template("plain"))
+    tok = tokenizer.to_hf(tokenizer.train_byte_bpe(net_texts(300), 300), styles.template("plain"))
     config = llama_config(SHAPE, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     config.initializer_range = 0.2  # well-separated logits
     hf = root / "hf"
     build(config, seed=0).save_pretrained(hf)
     tok.save_pretrained(hf)
-    task = {"task": "nets", "trace": "full", "strategy": "priority", "chat_style": "plain"}
-    (hf / "smolforge.json").write_text(json.dumps({"task": task}))
+    # the card as train writes it for a nets model (stop words and persona empty); convert
+    # reads only its task
+    task = Task("nets", "plain", styles.template("plain"), stop=[], system="", layout={"trace": "full"})
+    write_card(hf, ModelCard(1, task, "byte_bpe", "0" * 64, "scratch", None, {"seed": 0}))
 
     tok_dir = root / "pretokenize"
     tok_dir.mkdir()
@@ -49,7 +53,7 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
         ids = tok(f"<s>{text}</s>", add_special_tokens=False).input_ids
         examples.append((ids, [0] + [1] * (len(ids) - 1)))
     tokens.write_split(tok_dir, "val", examples, dtype)
-    meta = {"format_version": 1, "vocab_size": len(tok), "dtype": dtype.name}
+    meta = {"format_version": tokens.FORMAT_VERSION, "vocab_size": len(tok), "dtype": dtype.name}
     (tok_dir / "meta.json").write_text(json.dumps(meta))
     return hf, tok_dir
 
@@ -119,7 +123,7 @@ def test_convert_writes_gguf_and_parity_metrics(tmp_path, inputs, capsys):
     assert metrics["f32"]["perplexity"] == pytest.approx(hf_ppl, rel=1e-4)
     ratio = metrics["q8_0"]["perplexity"] / metrics["f16"]["perplexity"]
     assert metrics["q8_0_vs_f16_ppl_ratio"] == pytest.approx(ratio) and abs(ratio - 1) < 0.05
-    # stage logs go to stderr (smolforge.log.setup), one summary line per file type
+    # stage logs go to stderr (smolforge.core.log.setup), one summary line per file type
     summaries = [line for line in capsys.readouterr().err.splitlines() if "top-1" in line]
     assert len(summaries) == 3 and "convert: f32: " in summaries[0] and "perplexity" in summaries[0]
 
@@ -204,25 +208,21 @@ def test_bad_params_are_reported_before_any_work(tmp_path, inputs, capsys):
 
 
 def test_params_check_values():
-    gate = convert.GateParams(
-        min_top1={}, max_logit_diff={"f16": 0.1}, min_tokenizer_match=1.0, max_ppl_ratio=1.01
-    )
-    mf = convert.ModelfileParams(file_type="q8_0", temperature=0.7, num_ctx=64)
-    bad = convert.ConvertParams(file_types=[], parity_examples=0, threads=0, gate=gate, modelfile=mf).check()
+    gate = GateParams(min_top1={}, max_logit_diff={"f16": 0.1}, min_tokenizer_match=1.0, max_ppl_ratio=1.01)
+    mf = ModelfileParams(file_type="q8_0", temperature=0.7, num_ctx=64)
+    bad = ConvertParams(file_types=[], parity_examples=0, threads=0, gate=gate, modelfile=mf).check()
     assert [e.split(":")[0] for e in bad] == [
         "file_types",
         "parity_examples",
         "threads",
         "modelfile.file_type",
     ]
-    bad = convert.ConvertParams(
-        file_types=["f16"], parity_examples=1, threads=1, gate=gate, modelfile=mf
-    ).check()
+    bad = ConvertParams(file_types=["f16"], parity_examples=1, threads=1, gate=gate, modelfile=mf).check()
     assert bad == [
         "gate.min_top1: no threshold for f16 (in file_types)",
         "modelfile.file_type: q8_0 is not in file_types ['f16']",
     ]
-    assert convert.GateParams({}, {}, 1.5, 0.9).check() == [
+    assert GateParams({}, {}, 1.5, 0.9).check() == [
         "min_tokenizer_match: expected 0..1, got 1.5",
         "max_ppl_ratio: expected >= 1, got 0.9",
     ]
@@ -238,15 +238,43 @@ def test_num_ctx_beyond_the_model_context_names_param_and_config(tmp_path, input
     assert not (tmp_path / "gguf").exists()
 
 
-def test_missing_task_sidecar_names_the_file_and_stage(tmp_path, inputs, capsys):
-    hf, tok_dir = inputs
-    bare = tmp_path / "hf"
+def without_card(hf: Path, bare: Path) -> Path:
+    """A copy of `hf` (links to its files) with no model card."""
     bare.mkdir()
     for f in hf.iterdir():
-        if f.name != "smolforge.json":
+        if f.name != CARD_FILE:
             (bare / f.name).symlink_to(f)
+    return bare
+
+
+def test_missing_card_names_the_file_and_stage(tmp_path, inputs, capsys):
+    hf, tok_dir = inputs
+    bare = without_card(hf, tmp_path / "hf")
     write_params(tmp_path, ["f16"])
     assert run(convert.main, argv(tmp_path, bare, tok_dir)) == 2
     message = capsys.readouterr().err
     assert f"{bare}/smolforge.json: file not found (written by stage train; run: dvc repro train)" in message
+    assert not (tmp_path / "gguf").exists() and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("card", "problem"),
+    [
+        (
+            {"task": {"task": "nets", "chat_style": "plain"}},
+            "card_version none is not one this smolforge reads",
+        ),
+        ({"card_version": 1, "task": {"task": "nets"}}, "task.stop: missing key"),
+    ],
+)
+def test_a_card_train_did_not_write_is_refused(tmp_path, inputs, capsys, card, problem):
+    """A hand-written or older smolforge.json (not a whole card) fails the stage and writes nothing."""
+    hf, tok_dir = inputs
+    bare = without_card(hf, tmp_path / "hf")
+    (bare / CARD_FILE).write_text(json.dumps(card))
+    write_params(tmp_path, ["f16"])
+    assert run(convert.main, argv(tmp_path, bare, tok_dir)) == 2
+    message = capsys.readouterr().err
+    assert f"{bare}/smolforge.json: " in message and problem in message
+    assert "(written by stage train; run: dvc repro train)" in message
     assert not (tmp_path / "gguf").exists() and not (tmp_path / "m.json").exists()

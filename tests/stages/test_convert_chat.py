@@ -10,10 +10,11 @@ import gguf
 import pytest
 import yaml
 
-from smolforge import modelfile, tokens
+from smolforge.core import tokens
+from smolforge.core.card import ModelCard, Task, write_card
+from smolforge.gguf import modelfile
 from stages import convert
 
-pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.slow
 
 CHATS = [
@@ -70,20 +71,20 @@ def chat_example(tok, question: str, answer: str) -> tuple[list[int], list[int]]
 def converted(tmp_path_factory) -> dict:
     """train's chat output (SmolLM2 as a plain HF dir), pretokenize's val split, and the
     convert stage run on them once."""
-    from smolforge.basemodel import load_model, load_tokenizer
+    from smolforge.core.pretrained import load_model, load_tokenizer
 
     root = tmp_path_factory.mktemp("convert_chat")
     hf, tok_dir = root / "models/chat/hf", root / "data/pretokenize/chat"
     tok = load_tokenizer("embedded")
     load_model("embedded").save_pretrained(hf)
     tok.save_pretrained(hf)
-    task = {"task": "chat", "chat_style": "template", "stop": ["<|im_end|>"], "system": ""}
-    (hf / "smolforge.json").write_text(json.dumps({"task": task}))
+    task = Task("chat", "template", tok.chat_template, stop=["<|im_end|>"], system="", layout={})
+    write_card(hf, ModelCard(1, task, "base", "0" * 64, "full", "embedded", {}))  # convert reads the task
 
     dtype = tokens.token_dtype(len(tok))
     counts = tokens.write_split(tok_dir, "val", [chat_example(tok, q, a) for q, a in CHATS], dtype)
     meta = {
-        "format_version": 1,
+        "format_version": tokens.FORMAT_VERSION,
         "produced_by": "pretokenize",
         "vocab_size": len(tok),
         "dtype": dtype.name,
@@ -91,7 +92,7 @@ def converted(tmp_path_factory) -> dict:
         "eos_id": tok.eos_token_id,
         "pad_id": tok.pad_token_id,
         "counts": {"val": counts},
-        "task": task,
+        "task": task.to_dict(),
     }
     (tok_dir / "meta.json").write_text(json.dumps(meta))
 
@@ -121,15 +122,12 @@ def converted(tmp_path_factory) -> dict:
 def test_parity_and_perplexity_within_the_gates(converted):
     m = converted["metrics"]
     print(f"convert stage: {converted['stage_s']:.1f} s; metrics: {json.dumps(m, indent=1)}")
+    # (the stage itself fails on a missed gate: top-1, logit difference, tokenizer match, ppl ratio)
     for ft in ("f16", "q8_0"):
-        assert m[ft]["top1_agreement"] >= GATE["min_top1"][ft], ft
-        assert m[ft]["max_abs_logit_diff"] <= GATE["max_logit_diff"][ft], ft
-        assert m[ft]["tokenizer_match"] == 1.0, ft
         assert m[ft]["quantized_tensors"] == (211 if ft == "q8_0" else 0)  # 1 + 30 layers x 7
     # f16 reproduces HF's perplexity; q8_0 stays within 1% of f16 (the issue's demand)
     assert m["f16"]["perplexity"] == pytest.approx(m["f16"]["hf_perplexity"], rel=2e-3)
     assert m["q8_0_vs_f16_ppl_ratio"] == pytest.approx(m["q8_0"]["perplexity"] / m["f16"]["perplexity"])
-    assert m["q8_0_vs_f16_ppl_ratio"] <= 1.01
 
 
 def test_gguf_metadata_is_smollm2(converted):
@@ -155,6 +153,8 @@ def test_gguf_metadata_is_smollm2(converted):
     assert value("tokenizer.ggml.model") == "gpt2"
     assert value("tokenizer.ggml.pre") in ("gpt-2", "smollm")
     assert value("tokenizer.chat_template") == tok.chat_template
+    # from the model card: the stop words; no persona key for an empty one
+    assert value("smolforge.stop") == '["<|im_end|>"]' and reader.get_field("smolforge.system") is None
     tokens_ = value("tokenizer.ggml.tokens")
     assert tokens_[value("tokenizer.ggml.eos_token_id")] == "<|im_end|>"
     assert tokens_[value("tokenizer.ggml.bos_token_id")] == "<|im_start|>"

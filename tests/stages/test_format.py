@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
-from smolforge import chat, nets
-from smolforge.cli import run
+from smolforge.core import styles
+from smolforge.core.cli import run
+from smolforge.nets import reducer
 from stages import format as format_stage
 
 
@@ -15,19 +16,24 @@ def test_records_are_messages_with_rendered_segments(tiny_run):
     heldout = set()
     for split in ("test", "ood", "stratified12"):
         for line in (tiny_run["generate"] / f"{split}.jsonl").read_text().splitlines():
-            heldout.add(nets.parse(json.loads(line)["net"]))
+            heldout.add(reducer.parse(json.loads(line)["net"]))
     records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert records
     for rec in records:
         user, assistant = rec["messages"]
         assert user["role"] == "user" and assistant["role"] == "assistant"
-        state = nets.parse(user["content"])
+        state = reducer.parse(user["content"])
         assert state is not None and state not in heldout
         segs = [(t, m) for t, m in rec["segments"]]
-        assert segs == chat.render(rec["messages"], "plain")
-        assert [t for t, m in segs if m] == [assistant["content"] + chat.EOS]
+        assert segs == styles.render(rec["messages"], "plain")
+        assert [t for t, m in segs if m] == [assistant["content"] + styles.EOS]
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["trace"] == "step" and meta["chat_template"] == chat.template("plain")
+    assert meta["format_version"] == 2 and meta["task"]["chat_template"] == styles.template("plain")
+    # the step shape drops the pass options: the layout recorded is the one used
+    assert meta["task"]["layout"] == {
+        "blanks": False, "frame": 0, "marks": True, "pack": False, "border": False,
+        "trace": "step", "strategy": "priority",
+    }  # fmt: skip
 
 
 def test_malformed_net_names_file_and_line_and_writes_nothing(tiny_run, tmp_path, caplog):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from smolforge import nets
-from smolforge.cli import run
+from smolforge.core.cli import run
+from smolforge.nets import reducer
 from stages import generate
 from tests.conftest import listing
 
@@ -26,13 +26,13 @@ def test_writes_disjoint_splits_with_exact_answers(tiny_params, tmp_path):
     seen: dict[str, str] = {}
     for split in files:
         for rec in read(out / f"{split}.jsonl"):
-            net = nets.parse(rec["net"])
-            red = nets.reduce(net)
-            assert rec["answer"] == nets.to_text(red.normal_form) and rec["steps"] == red.steps
+            net = reducer.parse(rec["net"])
+            red = reducer.reduce(net)
+            assert rec["answer"] == reducer.to_text(red.normal_form) and rec["steps"] == red.steps
             if split != "train":
                 assert net not in seen, f"{rec['net']} in {split} and {seen.get(net)}"
             seen.setdefault(net, split)
-    train = {nets.parse(r["net"]) for r in read(out / "train.jsonl")}
+    train = {reducer.parse(r["net"]) for r in read(out / "train.jsonl")}
     assert not train & {n for n, s in seen.items() if s != "train"}
     strat = read(out / "stratified12.jsonl")
     assert sorted(r["steps"] for r in strat) == list(range(7))

@@ -5,31 +5,25 @@ nothing, and packed training lines hold several nets, none of them held out."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import yaml
 
-from smolforge import nets, netsformat
+from smolforge.core.card import read_card
+from smolforge.nets import layouts, reducer
 from stages import evaluate
-from stages import format as format_stage
 from tests.conftest import TINY_PARAMS, nets_run
 
 FRAME = 14  # the tiny OOD nets have length 12
-ALIGNED = netsformat.Layout(True, FRAME)
-LOCAL = netsformat.Layout(True, FRAME, marks=False, pack=True, border=True)
+ALIGNED = layouts.Layout(True, FRAME)
+LOCAL = layouts.Layout(True, FRAME, marks=False, pack=True, border=True)
 
 
-def layout_run(d, layout: netsformat.Layout) -> dict:
+def layout_run(d, layout: layouts.Layout) -> dict:
     data = yaml.safe_load(TINY_PARAMS.read_text())
-    data["format"]["nets"].update(
-        trace="pass",
-        blanks=layout.blanks,
-        frame=layout.frame,
-        marks=layout.marks,
-        pack=layout.pack,
-        border=layout.border,
-    )
+    data["format"]["nets"]["layout"] = dataclasses.asdict(layout)  # every field, from the one definition
     (d / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return {**nets_run(d), "layout": layout}
 
@@ -46,7 +40,7 @@ def local_run(tmp_path_factory) -> dict:
 
 def heldout_nets(run: dict) -> set[str]:
     return {
-        nets.parse(json.loads(x)["net"])
+        reducer.parse(json.loads(x)["net"])
         for split in ("test", "ood", "stratified12")
         for x in (run["generate"] / f"{split}.jsonl").read_text().splitlines()
     }
@@ -57,14 +51,14 @@ def test_training_prompts_are_framed_and_answers_blanked(aligned_run):
     records = [json.loads(x) for x in (aligned_run["format"] / "train.jsonl").read_text().splitlines()]
     for rec in records:
         user, assistant = (m["content"] for m in rec["messages"])
-        state = netsformat.read_prompt(user)
+        state = layouts.read_prompt(user)
         assert state is not None and len(user.split(" ")) == max(FRAME, len(state), 1)
         assert state not in heldout  # a padded prompt is still checked against the held-out nets
-        layout = netsformat.Layout(True, FRAME)
-        assert assistant == netsformat.pass_answer(state, layout)
-    assert any(netsformat.BLANK in json.dumps(r["messages"]) for r in records)
-    sidecar = json.loads((aligned_run["hf"] / "smolforge.json").read_text())
-    assert {k: sidecar["task"][k] for k in ("trace", "blanks", "frame")} == {
+        layout = layouts.Layout(True, FRAME)
+        assert assistant == layouts.pass_answer(state, layout)
+    assert any(layouts.BLANK in json.dumps(r["messages"]) for r in records)
+    layout = read_card(aligned_run["hf"]).task.layout
+    assert {k: layout[k] for k in ("trace", "blanks", "frame")} == {
         "trace": "pass",
         "blanks": True,
         "frame": FRAME,
@@ -76,24 +70,24 @@ def test_packed_lines_hold_training_nets_side_by_side_without_marks(local_run):
     records = [json.loads(x) for x in (local_run["format"] / "train.jsonl").read_text().splitlines()]
     for rec in records:
         user, assistant = (m["content"] for m in rec["messages"])
-        assert len(user.split(" ")) == FRAME + 1 and netsformat.CONTINUES not in assistant
+        assert len(user.split(" ")) == FRAME + 1 and layouts.CONTINUES not in assistant
         assert user.startswith(". ") and assistant.startswith(". ")  # the border
         user, assistant = user[2:], assistant[2:]
-        if netsformat.read_prompt(user) == "":  # the empty net, a line of its own
-            assert assistant == netsformat.BLANK
+        if layouts.read_prompt(user) == "":  # the empty net, a line of its own
+            assert assistant == layouts.BLANK
             continue
-        parts = [nets.parse(p) for p in user.rstrip(" .").split(" . ")]
+        parts = [reducer.parse(p) for p in user.rstrip(" .").split(" . ")]
         assert all(p and p not in heldout for p in parts)  # every net in a line is checked
-        assert assistant == " . ".join(netsformat.pass_body(p, LOCAL) for p in parts)
+        assert assistant == " . ".join(layouts.pass_body(p, LOCAL) for p in parts)
         seen.update(parts)
     assert max(len(r["messages"][0]["content"].rstrip(" .").split(" . ")) for r in records) > 1
     train_nets = {
-        nets.parse(json.loads(x)["net"])
+        reducer.parse(json.loads(x)["net"])
         for x in (local_run["generate"] / "train.jsonl").read_text().splitlines()
     }
     assert train_nets - heldout <= seen  # no training net is lost by packing
-    sidecar = json.loads((local_run["hf"] / "smolforge.json").read_text())
-    assert netsformat.Layout.of(sidecar["task"]) == LOCAL
+    card = read_card(local_run["hf"])
+    assert layouts.Layout.read(card.task.layout, "card", "train") == LOCAL
 
 
 @pytest.mark.parametrize("run_name", ["aligned_run", "local_run"])
@@ -101,7 +95,7 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, reques
     """Stand in a perfect model for the trained one (decode answers every prompt with the
     reference pass) and record what evaluate sends it: every prompt is a framed net, each
     next prompt is the state the blanked line stands for, and every verdict is perfect."""
-    from smolforge import decode, tokenizer
+    from smolforge.core import decode, tokenizer
 
     aligned_run = request.getfixturevalue(run_name)
     tok = tokenizer.load(aligned_run["hf"])
@@ -115,9 +109,7 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, reques
                 0
             ]  # plain style: user turn + newline
             sent.append(user)
-            answer = tok(
-                netsformat.pass_answer(netsformat.read_prompt(user), layout), add_special_tokens=False
-            )
+            answer = tok(layouts.pass_answer(layouts.read_prompt(user), layout), add_special_tokens=False)
             assert len(answer["input_ids"]) <= budget
             out.append((answer["input_ids"], True))
         return out
@@ -125,7 +117,7 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, reques
     monkeypatch.setattr(decode, "greedy", perfect)
     mine = tmp_path / "mine.jsonl"
     batch = ["ADCB", "ABD", "CCDD", "AADDCBCB", ""]
-    mine.write_text("".join(json.dumps({"net": nets.to_text(n)}) + "\n" for n in batch))
+    mine.write_text("".join(json.dumps({"net": reducer.to_text(n)}) + "\n" for n in batch))
     out = tmp_path / "out"
     evaluate.main(
         [
@@ -134,23 +126,18 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, reques
             "--out", str(out / "preds"),
         ]
     )  # fmt: skip
-    assert sent[: len(batch)] == [netsformat.prompt(n, layout) for n in batch]
+    assert sent[: len(batch)] == [layouts.prompt(n, layout) for n in batch]
     # the states the blanked lines stand for, framed; without marks the normal net too
     last = -1 if layout.marks else None
-    expected = {netsformat.prompt(s, layout) for n in batch for s in nets.parallel_trace(n)[1:last]}
+    expected = {layouts.prompt(s, layout) for n in batch for s in reducer.parallel_trace(n)[1:last]}
     assert set(sent[len(batch) :]) == expected
     m = json.loads((out / "m.json").read_text())
     assert m["final_answer_accuracy"] == m["valid_trace_rate"] == m["exact_trace_accuracy"] == 1.0
 
 
 def test_other_shapes_ignore_the_layout_so_switching_trace_is_one_param():
-    p = format_stage.NetsFormatParams(
-        "nets", "step", "priority", True, FRAME, False, True, True, "plain", "assistant", 1
-    )
-    assert p.check() == [] and p.layout == netsformat.PLAIN
-    assert format_stage.NetsFormatParams(
-        "nets", "pass", "priority", True, -1, True, False, False, "plain", "assistant", 1
-    ).check()
-    assert format_stage.NetsFormatParams(  # pack with marks: one mark for several nets
-        "nets", "pass", "priority", True, FRAME, True, True, False, "plain", "assistant", 1
-    ).check()
+    step = dataclasses.replace(LOCAL, trace="step")
+    assert step.check() == [] and step.effective() == layouts.Layout(trace="step", strategy="priority")
+    assert LOCAL.effective() == LOCAL
+    assert dataclasses.replace(ALIGNED, frame=-1).check()
+    assert dataclasses.replace(LOCAL, marks=True).check()  # pack with marks: one mark for several nets

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smolforge import tokenizer, tokens
-from smolforge.cli import run
-from smolforge.params import read_yaml
+from smolforge.core import tokenizer, tokens
+from smolforge.core.cli import run
+from smolforge.core.params import read_yaml
 from stages import pretokenize
 
 
@@ -65,18 +65,11 @@ def check_token_files(out: Path, fmt: Path) -> dict:
 def test_token_files_decode_to_the_rendered_text(tiny_run):
     out = tiny_run["tokens"]
     meta = check_token_files(out, tiny_run["format"])
-    assert meta["format_version"] == 1 and meta["dtype"] == "uint16" and meta["tokenizer"] == "byte_bpe"
-    assert meta["task"] == {
-        "task": "nets",
-        "trace": "step",
-        "strategy": "priority",
-        "blanks": False,
-        "frame": 0,
-        "marks": True,
-        "pack": False,
-        "border": False,
-        "chat_style": "plain",
-    }
+    assert meta["format_version"] == 2 and meta["dtype"] == "uint16" and meta["tokenizer"] == "byte_bpe"
+    # format's task record, passed on unchanged: no list of keys to forget one from
+    fmeta = json.loads((tiny_run["format"] / "meta.json").read_text())
+    assert meta["task"] == fmeta["task"] and meta["task"]["task"] == "nets"
+    assert meta["task"]["layout"]["trace"] == "step" and meta["task"]["stop"] == []
     metrics = json.loads((tiny_run["dir"] / "metrics" / "pretokenize.json").read_text())
     assert metrics["segment_boundary_mismatches"] == 0 and metrics["vocab_size"] == meta["vocab_size"]
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from smolforge.cli import run
+from smolforge.core.cli import run
 from stages import scrape
 from tests.conftest import ROOT, listing
 from tests.httpfixtures import drop, free_port, html, huge, page, redirect, sequence, serve, slow, status

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from smolforge.cli import run
+from smolforge.core.cli import run
 from stages import synthesize
 from tests.conftest import listing
 from tests.fakeopenai import serve, status
@@ -170,9 +170,10 @@ def test_the_api_key_is_sent_but_written_nowhere(workdir, tiny_params, caplog, c
         synthesize.main(argv(tiny_params))
     assert all(p.headers["authorization"] == f"Bearer {KEY}" for p in srv.posts())
     assert "SMOLFORGE_TEST_KEY" in (workdir / "params.yaml").read_text()  # only its name is in params
-    for path in workdir.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), path
+    files = [path for path in workdir.rglob("*") if path.is_file()]
+    assert workdir / "data/synthesize/conversations.jsonl" in files  # the scan sees the outputs
+    for path in files:
+        assert KEY.encode() not in path.read_bytes(), path
     captured = capsys.readouterr()
     assert KEY not in caplog.text and KEY not in captured.out + captured.err
 
@@ -265,7 +266,9 @@ def test_the_real_embedded_server_writes_real_records(workdir, tiny_params):
     conv, qa, metrics, timing = read(workdir)
     assert metrics["requests"]["total"] >= 3 and timing["requests_made"] == metrics["requests"]["total"]
     assert timing["tokens_out"] > 0 and timing["tokens_per_s"] > 0 and timing["server_start_s"] > 0
-    assert metrics["conversations"]["in"] == 2 and metrics["qa"]["questions"]["in"] >= 0
+    # two conversations, one question request, and an answer request per question kept
+    assert metrics["conversations"]["in"] == 2 and metrics["qa"]["chunks"] == 1
+    assert metrics["requests"]["total"] == 3 + metrics["qa"]["questions"]["kept"]
     for rec in conv + qa:
         assert rec["messages"] and all(m["content"] for m in rec["messages"])
     assert (workdir / ".cache/synthesize/server.log").is_file()

@@ -1,10 +1,10 @@
-"""smolforge.chat: rendered segments and loss flags, and the Jinja template agreeing with them."""
+"""smolforge.core.styles: rendered segments and loss flags, and the Jinja template agreeing with them."""
 
 from __future__ import annotations
 
 import pytest
 
-from smolforge import chat, tokenizer
+from smolforge.core import styles, tokenizer
 
 CONVO = [
     {"role": "system", "content": "You reduce nets."},
@@ -17,12 +17,12 @@ CONVO = [
 
 @pytest.fixture(scope="module")
 def hf_tok():
-    texts = ["".join(text for text, _ in chat.render(CONVO, "plain"))] * 5
-    return tokenizer.to_hf(tokenizer.train_byte_bpe(texts, 300), chat.template("plain"))
+    texts = ["".join(text for text, _ in styles.render(CONVO, "plain"))] * 5
+    return tokenizer.to_hf(tokenizer.train_byte_bpe(texts, 300), styles.template("plain"))
 
 
 def test_render_assistant_loss():
-    assert chat.render(CONVO, "plain") == [
+    assert styles.render(CONVO, "plain") == [
         ("<s>", False),
         ("You reduce nets.\n", False),
         ("A D B\n", False),
@@ -33,42 +33,42 @@ def test_render_assistant_loss():
 
 
 def test_render_all_loss():
-    segs = chat.render(CONVO, "plain", loss_on="all")
-    assert [text for text, _ in segs] == [text for text, _ in chat.render(CONVO, "plain")]
+    segs = styles.render(CONVO, "plain", loss_on="all")
+    assert [text for text, _ in segs] == [text for text, _ in styles.render(CONVO, "plain")]
     assert [loss for _, loss in segs] == [False, True, True, True, True, True]  # never BOS
 
 
 def test_prompt_ends_where_the_answer_starts():
-    assert chat.prompt(CONVO[:2], "plain") == "<s>You reduce nets.\nA D B\n"
-    full = "".join(text for text, _ in chat.render(CONVO[:3], "plain"))
-    assert full == chat.prompt(CONVO[:2], "plain") + "D A B =\nD" + chat.EOS
+    assert styles.prompt(CONVO[:2], "plain") == "<s>You reduce nets.\nA D B\n"
+    full = "".join(text for text, _ in styles.render(CONVO[:3], "plain"))
+    assert full == styles.prompt(CONVO[:2], "plain") + "D A B =\nD" + styles.EOS
 
 
 def test_unknown_style_is_refused():
     with pytest.raises(ValueError, match="unknown chat style 'chatml'"):
-        chat.render(CONVO, "chatml")  # type: ignore[arg-type]
+        styles.render(CONVO, "chatml")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown chat style"):
-        chat.template("chatml")  # type: ignore[arg-type]
+        styles.template("chatml")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("n_turns", [2, 3, 5])
 def test_template_renders_like_segments(hf_tok, n_turns):
     messages = CONVO[:n_turns]
     text = hf_tok.apply_chat_template(messages, tokenize=False)
-    assert text == "".join(t for t, _ in chat.render(messages, "plain"))
+    assert text == "".join(t for t, _ in styles.render(messages, "plain"))
 
 
 @pytest.mark.parametrize("n_turns", [1, 2, 4])
 def test_generation_prompt_equals_prompt(hf_tok, n_turns):
     messages = CONVO[:n_turns]
     text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == chat.prompt(messages, "plain")
+    assert text == styles.prompt(messages, "plain")
 
 
 def test_template_tokens_equal_segment_tokens(hf_tok):
     ids = hf_tok.apply_chat_template(CONVO, tokenize=True, return_dict=False)
     seg_ids = [
-        i for text, _ in chat.render(CONVO, "plain") for i in hf_tok.encode(text, add_special_tokens=False)
+        i for text, _ in styles.render(CONVO, "plain") for i in hf_tok.encode(text, add_special_tokens=False)
     ]
     assert list(ids) == seg_ids
     assert ids[0] == hf_tok.bos_token_id and ids[-1] == hf_tok.eos_token_id
@@ -98,10 +98,10 @@ def styled_tok():
 @pytest.mark.parametrize("style", ["plain", "human_bot", "chat_builder", "task_tags", "template"])
 @pytest.mark.parametrize("n_turns", [3, 5])
 def test_segments_join_to_what_apply_chat_template_renders(styled_tok, style, n_turns):
-    template = chat.style_template(style, CHATML)
+    template = styles.style_template(style, CHATML)
     styled_tok.chat_template = template
     messages = CHAT[:n_turns]
-    segs = chat.segments(template, messages, "<s>", "</s>", term="tool", tag="QA")
+    segs = styles.segments(template, messages, "<s>", "</s>", term="tool", tag="QA")
     whole = styled_tok.apply_chat_template(messages, tokenize=False, term="tool", tag="QA")
     assert "".join(t for t, _ in segs) == whole
     # the prompt for the last answer is exactly the untrained text before it
@@ -114,22 +114,22 @@ def test_segments_join_to_what_apply_chat_template_renders(styled_tok, style, n_
 
 
 def test_only_assistant_text_is_trained_and_headers_are_not():
-    segs = chat.segments(chat.style_template("template", CHATML), CHAT[:3], "", "")
+    segs = styles.segments(styles.style_template("template", CHATML), CHAT[:3], "", "")
     trained = [t for t, m in segs if m]
     assert trained == ["You can read all of one.<|im_end|>\n"]
     assert ("<|im_start|>assistant\n", False) in segs
 
 
 def test_loss_on_all_trains_every_turn_but_keeps_the_text():
-    a = chat.segments(chat.style_template("human_bot"), CHAT, "", "", loss_on="assistant")
-    b = chat.segments(chat.style_template("human_bot"), CHAT, "", "", loss_on="all")
+    a = styles.segments(styles.style_template("human_bot"), CHAT, "", "", loss_on="assistant")
+    b = styles.segments(styles.style_template("human_bot"), CHAT, "", "", loss_on="all")
     assert [t for t, _ in a] == [t for t, _ in b] and all(m for _, m in b)
 
 
 def test_style_extras_term_and_tag():
-    cb = chat.segments(chat.style_template("chat_builder"), CHAT[1:3], "", "", term="tool")
+    cb = styles.segments(styles.style_template("chat_builder"), CHAT[1:3], "", "", term="tool")
     assert "".join(t for t, _ in cb) == "~ tool\n= Why small tools?\n# You can read all of one.\n"
-    tt = chat.segments(chat.style_template("task_tags"), CHAT[1:3], "", "")
+    tt = styles.segments(styles.style_template("task_tags"), CHAT[1:3], "", "")
     assert (
         "".join(t for t, _ in tt)
         == "User: [Chat] Why small tools?\nBot: [Chat] You can read all of one.<eot>\n"
@@ -140,17 +140,17 @@ def test_a_template_whose_turns_do_not_extend_each_other_is_refused():
     # renders the last message only: earlier turns vanish from the text
     bad = "{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}"
     with pytest.raises(ValueError, match="does not extend"):
-        chat.segments(bad, CHAT[1:3], "", "")
+        styles.segments(bad, CHAT[1:3], "", "")
 
 
 def test_template_style_needs_a_tokenizer_template():
     with pytest.raises(ValueError, match="needs a tokenizer that has a chat template"):
-        chat.style_template("template", None)
+        styles.style_template("template", None)
     with pytest.raises(ValueError, match="unknown chat style 'chatml'"):
-        chat.style_template("chatml")
+        styles.style_template("chatml")
 
 
 def test_completion_keeps_the_title_and_ends_with_eos():
-    assert chat.completion("T", "body", "template", "<s>", "</s>") == [("T\n\nbody</s>", True)]
-    assert chat.completion("T", "body", "plain", "<s>", "</s>") == [("<s>T\n\nbody</s>", True)]
-    assert chat.completion("T", "body", "task_tags", "", "E") == [("[Textbook] T\nbodyE", True)]
+    assert styles.completion("T", "body", "template", "<s>", "</s>") == [("T\n\nbody</s>", True)]
+    assert styles.completion("T", "body", "plain", "<s>", "</s>") == [("<s>T\n\nbody</s>", True)]
+    assert styles.completion("T", "body", "task_tags", "", "E") == [("[Textbook] T\nbodyE", True)]

@@ -1,10 +1,11 @@
-"""smolforge.chatformat: chunking by tokens at paragraphs, dedupe, split, weights, lint."""
+"""smolforge.chat.corpus: chunking by tokens at paragraphs, dedupe, split, weights, lint."""
 
 from __future__ import annotations
 
 import pytest
 
-from smolforge import chat, chatformat
+from smolforge.chat import corpus
+from smolforge.core import styles
 
 
 def words(text: str) -> int:
@@ -15,7 +16,7 @@ PARAS = ["one two three four", "five six seven", "eight nine ten eleven twelve",
 
 
 def test_chunks_fit_the_budget_with_the_title_and_cut_at_paragraphs():
-    chunks = chatformat.chunk_document("My Title", "\n\n".join(PARAS), 10, words)
+    chunks = corpus.chunk_document("My Title", "\n\n".join(PARAS), 10, words)
     assert all(words("My Title\n\n" + c) <= 10 for c in chunks)
     assert "\n\n".join(chunks).split("\n\n") == PARAS  # every paragraph once, in order, uncut
     assert chunks[0] == "one two three four\n\nfive six seven"
@@ -23,7 +24,7 @@ def test_chunks_fit_the_budget_with_the_title_and_cut_at_paragraphs():
 
 def test_a_paragraph_longer_than_the_budget_is_cut_at_words():
     long = " ".join(f"w{i}" for i in range(25))
-    chunks = chatformat.chunk_document("T", long, 8, words)
+    chunks = corpus.chunk_document("T", long, 8, words)
     assert all(words("T\n\n" + c) <= 8 for c in chunks)
     assert " ".join(chunks).split() == long.split()
 
@@ -34,32 +35,32 @@ def example(i: int, text: str, source: str = "qa") -> dict:
 
 def test_dedupe_then_split_never_puts_one_text_on_both_sides():
     exs = [example(i, f"text {i % 7}") for i in range(30)] + [example(99, "TEXT   0")]
-    unique, dropped = chatformat.dedupe(exs)
+    unique, dropped = corpus.dedupe(exs)
     assert dropped == 24 and len(unique) == 7
-    train, val = chatformat.split(unique, 0.3, seed=1)
+    train, val = corpus.split(unique, 0.3, seed=1)
     norm = {ex["segments"][0][0].lower() for ex in train}
     assert len(val) == 2 and not norm & {ex["segments"][0][0].lower() for ex in val}
-    assert chatformat.split(unique, 0.3, seed=1) == (train, val)  # seeded
+    assert corpus.split(unique, 0.3, seed=1) == (train, val)  # seeded
 
 
 def test_weights_repeat_or_thin_training_examples_deterministically():
     train = [example(i, f"t{i}", "essays") for i in range(100)] + [
         example(200 + i, f"q{i}", "qa") for i in range(10)
     ]
-    out = chatformat.weigh(train, {"essays": 0.5, "qa": 2.0}, seed=3)
+    out = corpus.weigh(train, {"essays": 0.5, "qa": 2.0}, seed=3)
     assert sum(ex["source"] == "qa" for ex in out) == 20
     assert 35 <= sum(ex["source"] == "essays" for ex in out) <= 65
-    assert out == chatformat.weigh(train, {"essays": 0.5, "qa": 2.0}, seed=3)
+    assert out == corpus.weigh(train, {"essays": 0.5, "qa": 2.0}, seed=3)
 
 
 @pytest.fixture
 def style():
-    return chatformat.Style("template", "", "<s>", "</s>", "assistant", "")
+    return corpus.Style("template", "", "<s>", "</s>", "assistant", "")
 
 
 def test_lint_finds_double_bos_missing_eos_and_untrained_chats(style):
     good_chat = {"id": "c", "source": "qa", "segments": [["<s>user hi\n", False], ["hello</s>", True]]}
-    problems = chatformat.lint(
+    problems = corpus.lint(
         [
             good_chat,
             {"id": "bos", "source": "qa", "segments": [["<s><s>user\n", False], ["x</s>", True]]},
@@ -73,24 +74,22 @@ def test_lint_finds_double_bos_missing_eos_and_untrained_chats(style):
 
 
 def test_stop_words_count_as_a_turn_end_for_styles_without_eos_text():
-    hb = chatformat.Style("human_bot", chat.style_template("human_bot"), "", "", "assistant", "")
-    ex = chatformat.chat_examples(
+    hb = corpus.Style("human_bot", styles.style_template("human_bot"), "", "", "assistant", "")
+    ex = corpus.chat_examples(
         [{"id": "q", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}],
         "qa",
         hb,
     )
-    assert chatformat.lint(ex, hb) == []
+    assert corpus.lint(ex, hb) == []
 
 
 def test_persona_becomes_a_system_turn_and_term_reaches_chat_builder():
-    cb = chatformat.Style(
-        "chat_builder", chat.style_template("chat_builder"), "", "", "assistant", "Be kind."
-    )
+    cb = corpus.Style("chat_builder", styles.style_template("chat_builder"), "", "", "assistant", "Be kind.")
     rec = {
         "id": "c",
         "about": "leaf",
         "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
     }
-    (ex,) = chatformat.chat_examples([rec], "conversations", cb)
+    (ex,) = corpus.chat_examples([rec], "conversations", cb)
     assert ex["messages"][0] == {"role": "system", "content": "Be kind."}
     assert "".join(t for t, _ in ex["segments"]) == "~ leaf\nBe kind.\n= a\n# b\n"

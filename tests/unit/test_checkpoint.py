@@ -1,13 +1,15 @@
-"""smolforge.checkpoint: save/load round-trip, fingerprint matching, and unreadable states ignored."""
+"""smolforge.core.checkpoint: save/load round-trip, fingerprint matching, unreadable states
+ignored, and the trainable tensors a state holds."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+import pytest
 import torch
 
-from smolforge import checkpoint
+from smolforge.core import checkpoint
 
 
 def make_state(fp: str) -> dict:
@@ -49,7 +51,7 @@ def test_missing_state_is_none(tmp_path):
 
 def test_other_fingerprint_is_none(tmp_path, caplog):
     checkpoint.save(tmp_path, make_state("abc"))
-    with caplog.at_level(logging.INFO, logger="smolforge.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="smolforge.core.checkpoint"):
         assert checkpoint.load(tmp_path, "abd") is None
     assert "from other params or data" in caplog.text
 
@@ -59,7 +61,7 @@ def test_corrupted_state_is_none(tmp_path, caplog):
     path = tmp_path / checkpoint.CKPT
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # torn write
-    with caplog.at_level(logging.WARNING, logger="smolforge.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="smolforge.core.checkpoint"):
         assert checkpoint.load(tmp_path, "abc") is None
     assert "ignoring unreadable checkpoint" in caplog.text
     path.write_bytes(b"not a checkpoint at all")
@@ -105,3 +107,35 @@ def test_fingerprint_includes_file_names(tmp_path):
     (tmp_path / "x").write_bytes(b"same")
     (tmp_path / "y").write_bytes(b"same")
     assert checkpoint.fingerprint({}, [tmp_path / "x"]) != checkpoint.fingerprint({}, [tmp_path / "y"])
+
+
+def half_frozen() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # a frozen base, as under LoRA
+    return model
+
+
+def test_trainable_state_holds_the_trained_tensors_only():
+    state = checkpoint.trainable_state(half_frozen())
+    assert sorted(state) == ["1.bias", "1.weight", "2.bias", "2.weight"]
+
+
+def test_load_trainable_restores_the_trained_tensors_and_leaves_the_frozen_ones(tmp_path):
+    src, dst = half_frozen(), half_frozen()
+    with torch.no_grad():
+        for q in src.parameters():
+            q.add_(1.0)
+    checkpoint.save(tmp_path, {"fingerprint": "abc", "model": checkpoint.trainable_state(src)})
+    checkpoint.load_trainable(dst, checkpoint.load(tmp_path, "abc")["model"])
+    assert torch.equal(dst[2].weight, src[2].weight) and torch.equal(dst[1].bias, src[1].bias)
+    assert not torch.equal(dst[0].weight, src[0].weight)  # frozen: not in the state, not touched
+
+
+def test_load_trainable_refuses_a_state_of_other_tensors():
+    model = half_frozen()
+    state = checkpoint.trainable_state(model)
+    with pytest.raises(ValueError, match="other tensors than this model trains"):
+        checkpoint.load_trainable(model, {k: v for k, v in state.items() if k != "2.bias"})
+    with pytest.raises(ValueError, match="other tensors than this model trains"):
+        checkpoint.load_trainable(model, {**state, "0.weight": torch.zeros(4, 3)})

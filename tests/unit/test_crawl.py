@@ -1,12 +1,12 @@
-"""smolforge.crawl: which links are followed, in what order, what is counted, the local site server."""
+"""smolforge.web.crawl: which links are followed, in what order, what is counted, the local site server."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
-from smolforge.crawl import CrawlReport, LinkRules, StartPageError, crawl, normalize_url, serve_folder
-from smolforge.fetch import Fetcher, FetchPolicy
+from smolforge.web.crawl import CrawlReport, LinkRules, StartPageError, crawl, normalize_url, serve_folder
+from smolforge.web.fetch import Fetcher, FetchPolicy
 from tests.httpfixtures import html, page, redirect, serve, status
 
 POLICY = FetchPolicy(

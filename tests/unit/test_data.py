@@ -1,4 +1,4 @@
-"""smolforge.data: collate (padding, labels, target counts), the resumable Sampler, eval_batches."""
+"""smolforge.core.data: collate (padding, labels, target counts), the resumable Sampler, eval_batches."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from smolforge.data import IGNORE, Sampler, collate, eval_batches
-from smolforge.tokens import TokenSplit, read_split, token_dtype, write_split
+from smolforge.core.data import IGNORE, Sampler, collate, eval_batches
+from smolforge.core.tokens import TokenSplit, read_split, token_dtype, write_split
 
 PAD = 271
 

@@ -1,4 +1,4 @@
-"""smolforge.extract: encodings, links, and title / date / paragraphs of old and modern pages."""
+"""smolforge.web.extract: encodings, links, and title / date / paragraphs of old and modern pages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import codecs
 
 import pytest
 
-from smolforge.extract import ExtractOptions, decode_html, extract, find_links
+from smolforge.web.extract import ExtractOptions, decode_html, extract, find_links
 
 OPTS = ExtractOptions(
     max_link_density=0.5, footnote_pattern=r"\[\d{1,3}\]", notes="drop", notes_heading="(notes|footnotes)"

@@ -1,4 +1,4 @@
-"""smolforge.fetch against a real loopback server: retries, limits, redirects, cache, robots.txt."""
+"""smolforge.web.fetch against a real loopback server: retries, limits, redirects, cache, robots.txt."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from smolforge.crawl import Robots
-from smolforge.fetch import Fetcher, FetchError, FetchPolicy
-from smolforge.httpcache import HttpCache
-from smolforge.retry import parse_retry_after as _retry_after
+from smolforge.core.retry import parse_retry_after as _retry_after
+from smolforge.web.crawl import Robots
+from smolforge.web.fetch import Fetcher, FetchError, FetchPolicy
+from smolforge.web.httpcache import HttpCache
 from tests.httpfixtures import (
     free_port,
     html,

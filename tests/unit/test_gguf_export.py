@@ -1,4 +1,5 @@
-"""smolforge.gguf_export: GGUF metadata, tensor types, rotary permutation and llama.cpp parity."""
+"""smolforge.gguf.export and .parity: GGUF metadata (the model card's included), tensor types, rotary
+permutation and llama.cpp parity."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import gguf
 import numpy as np
 import pytest
 
-from smolforge import chat, gguf_export, tokenizer
-from smolforge.model import LlamaShape, build, llama_config
-
-pytest.importorskip("llama_cpp")
+from smolforge.core import styles, tokenizer
+from smolforge.core.card import CARD_FILE, ModelCard, Task, write_card
+from smolforge.core.cli import StageError
+from smolforge.core.model import LlamaShape, build, llama_config
+from smolforge.gguf import export, parity
 
 Q = gguf.GGMLQuantizationType
 SHAPE = LlamaShape(
@@ -37,15 +39,25 @@ def net_texts(n: int, seed: int = 0) -> list[str]:
     return [f"{' '.join(a) or 'EMPTY'}\n{' '.join(reversed(a)) or 'EMPTY'} =" for a in nets]
 
 
-def make_hf_dir(path: Path, shape: LlamaShape = SHAPE, tie: bool = True, seed: int = 0) -> Path:
-    """A random tiny Llama plus a byte-level BPE, saved as train would save them."""
-    tok = tokenizer.to_hf(tokenizer.train_byte_bpe(net_texts(300), 300), chat.template("plain"))
+NETS_TASK = Task("nets", "plain", styles.template("plain"), stop=[], system="", layout={"trace": "full"})
+
+
+def card(task: Task) -> ModelCard:
+    return ModelCard(1, task, "byte_bpe", "0" * 64, init="scratch", base=None, train_params={})
+
+
+def make_hf_dir(
+    path: Path, shape: LlamaShape = SHAPE, tie: bool = True, seed: int = 0, task: Task = NETS_TASK
+) -> Path:
+    """A random tiny Llama plus a byte-level BPE and a model card, saved as train would save them."""
+    tok = tokenizer.to_hf(tokenizer.train_byte_bpe(net_texts(300), 300), styles.template("plain"))
     config = llama_config(shape, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     config.tie_word_embeddings = tie
     config.initializer_range = 0.2  # larger weights: well-separated logits, so top-1 is no coin toss
     model = build(config, seed)
     model.save_pretrained(path)
     tok.save_pretrained(path)
+    write_card(path, card(task))
     return path
 
 
@@ -58,12 +70,12 @@ def sequences(tok, n: int = 4) -> list[list[int]]:
 def exported(tmp_path_factory):
     """One GQA model exported to every file type, with its parity figures."""
     root = tmp_path_factory.mktemp("gguf")
-    src = gguf_export.load_source(make_hf_dir(root / "hf"), name="tiny")
+    src = export.load_source(make_hf_dir(root / "hf"), name="tiny")
     seqs = sequences(src.tokenizer)
     out = {}
-    for ft in gguf_export.FILE_TYPES:
-        report = gguf_export.write_gguf(src, root / f"model-{ft}.gguf", ft)
-        out[ft] = (report, gguf_export.check_parity(report.path, src, seqs, TEXTS, n_threads=2))
+    for ft in export.FILE_TYPES:
+        report = export.write_gguf(src, root / f"model-{ft}.gguf", ft)
+        out[ft] = (report, parity.check_parity(report.path, src, seqs, TEXTS, n_threads=2))
     return src, out
 
 
@@ -91,6 +103,30 @@ def test_metadata(exported):
         assert value(f"llama.{key}") == want, key
     assert value("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
     assert value("llama.rope.freq_base") == pytest.approx(10000.0)
+    # a nets model's card has no stop words or persona: its file carries no chat keys
+    assert reader.get_field("smolforge.stop") is None and reader.get_field("smolforge.system") is None
+
+
+def test_a_chat_card_puts_stop_words_and_persona_in_the_file(tmp_path):
+    task = Task("chat", "human_bot", "", stop=["<endOfText>", "<human>"], system="You are Paul.", layout={})
+    src = export.load_source(make_hf_dir(tmp_path / "hf", task=task))
+    assert src.card.task == task
+    reader = gguf.GGUFReader(export.write_gguf(src, tmp_path / "m.gguf", "f32").path)
+    assert reader.get_field("smolforge.stop").contents() == '["<endOfText>", "<human>"]'
+    assert reader.get_field("smolforge.system").contents() == "You are Paul."
+    # the stop words alone when the persona is empty (chat.talk reads a missing key as '')
+    src = dataclasses.replace(src, card=card(dataclasses.replace(task, stop=[], system="")))
+    reader = gguf.GGUFReader(export.write_gguf(src, tmp_path / "m.gguf", "f32").path)
+    assert reader.get_field("smolforge.stop").contents() == "[]"
+    assert reader.get_field("smolforge.system") is None
+
+
+def test_load_source_reads_the_card_before_the_weights(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()  # no weights either: the card is what is reported
+    with pytest.raises(StageError) as e:
+        export.load_source(hf)
+    assert str(e.value) == f"{hf / CARD_FILE}: file not found (written by stage train; run: dvc repro train)"
 
 
 def test_tokenizer_metadata(exported):
@@ -113,7 +149,7 @@ def test_tokenizer_metadata(exported):
     assert value("tokenizer.ggml.padding_token_id") == tok.pad_token_id
     assert value("tokenizer.ggml.add_bos_token") is False
     assert value("tokenizer.ggml.add_eos_token") is False
-    assert value("tokenizer.chat_template") == chat.template("plain")
+    assert value("tokenizer.chat_template") == styles.template("plain")
 
 
 def test_tensor_types(exported):
@@ -144,17 +180,17 @@ def test_parity(exported):
 
 def test_q8_0_keeps_rows_not_divisible_by_32():
     arr = np.zeros((8, 48), np.float32)
-    assert gguf_export.tensor_type(arr, "q8_0") == Q.F16
-    assert gguf_export.tensor_type(np.zeros((8, 64), np.float32), "q8_0") == Q.Q8_0
-    assert gguf_export.tensor_type(np.zeros(64, np.float32), "q8_0") == Q.F32
+    assert export.tensor_type(arr, "q8_0") == Q.F16
+    assert export.tensor_type(np.zeros((8, 64), np.float32), "q8_0") == Q.Q8_0
+    assert export.tensor_type(np.zeros(64, np.float32), "q8_0") == Q.F32
 
 
 def test_interleave_rotary_pairs_halves():
     # one head of dim 4: HF rows [x0, x1, y0, y1] -> llama.cpp rows [x0, y0, x1, y1]
     w = np.arange(4, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-    assert gguf_export.interleave_rotary(w, 1)[:, 0].tolist() == [0, 2, 1, 3]
+    assert export.interleave_rotary(w, 1)[:, 0].tolist() == [0, 2, 1, 3]
     two = np.arange(8, dtype=np.float32)[:, None]
-    assert gguf_export.interleave_rotary(two, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    assert export.interleave_rotary(two, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
 def test_gqa_parity_needs_the_permutation(tmp_path, monkeypatch):
@@ -162,19 +198,19 @@ def test_gqa_parity_needs_the_permutation(tmp_path, monkeypatch):
     shape = LlamaShape(
         dim=64, n_layers=1, n_heads=4, n_kv_heads=1, ffn_dim=80, max_seq_len=64, rope_theta=500.0
     )
-    src = gguf_export.load_source(make_hf_dir(tmp_path / "hf", shape, tie=False, seed=3))
+    src = export.load_source(make_hf_dir(tmp_path / "hf", shape, tie=False, seed=3))
     seqs = sequences(src.tokenizer, 3)
-    good = gguf_export.write_gguf(src, tmp_path / "good.gguf", "f32")
+    good = export.write_gguf(src, tmp_path / "good.gguf", "f32")
     assert "output.weight" in {t.name for t in gguf.GGUFReader(good.path).tensors}
-    assert "blk.0.ffn_down.weight" in gguf_export.write_gguf(src, tmp_path / "q8.gguf", "q8_0").kept
-    par = gguf_export.check_parity(good.path, src, seqs, [], n_threads=2)
+    assert "blk.0.ffn_down.weight" in export.write_gguf(src, tmp_path / "q8.gguf", "q8_0").kept
+    par = parity.check_parity(good.path, src, seqs, [], n_threads=2)
     assert par.max_abs_logit_diff < 1e-3 and par.top1_agreement == 1.0
 
-    real = gguf_export.interleave_rotary
+    real = export.interleave_rotary
     # permuting k as if it had n_heads heads (the classic GQA mistake) must show up
-    monkeypatch.setattr(gguf_export, "interleave_rotary", lambda w, n: real(w, 4))
-    bad = gguf_export.write_gguf(src, tmp_path / "bad.gguf", "f32")
-    assert gguf_export.check_parity(bad.path, src, seqs, [], n_threads=2).max_abs_logit_diff > 1e-2
+    monkeypatch.setattr(export, "interleave_rotary", lambda w, n: real(w, 4))
+    bad = export.write_gguf(src, tmp_path / "bad.gguf", "f32")
+    assert parity.check_parity(bad.path, src, seqs, [], n_threads=2).max_abs_logit_diff > 1e-2
 
 
 def test_smollm2_head_layout_parity(tmp_path):
@@ -183,20 +219,20 @@ def test_smollm2_head_layout_parity(tmp_path):
     shape = LlamaShape(
         dim=72, n_layers=2, n_heads=9, n_kv_heads=3, ffn_dim=96, max_seq_len=64, rope_theta=100000.0
     )
-    src = gguf_export.load_source(make_hf_dir(tmp_path / "hf", shape, seed=5))
-    report = gguf_export.write_gguf(src, tmp_path / "m.gguf", "f32")
+    src = export.load_source(make_hf_dir(tmp_path / "hf", shape, seed=5))
+    report = export.write_gguf(src, tmp_path / "m.gguf", "f32")
     reader = gguf.GGUFReader(report.path)
     assert reader.get_field("llama.attention.head_count_kv").contents() == 3
     assert reader.get_field("llama.rope.freq_base").contents() == pytest.approx(1e5)
-    par = gguf_export.check_parity(report.path, src, sequences(src.tokenizer, 3), [], n_threads=2)
+    par = parity.check_parity(report.path, src, sequences(src.tokenizer, 3), [], n_threads=2)
     assert par.max_abs_logit_diff < 1e-3 and par.top1_agreement == 1.0
 
 
 def test_target_positions_follow_the_loss_mask():
-    assert gguf_export.target_positions([0, 0, 1, 1]).tolist() == [2, 3]
-    assert gguf_export.target_positions([1, 0, 1]).tolist() == [2]  # position 0 has no context
-    assert gguf_export.target_positions([0, 0, 0]).tolist() == [1, 2]  # nothing trained: all
-    assert gguf_export.target_positions([1]).tolist() == []
+    assert parity.target_positions([0, 0, 1, 1]).tolist() == [2, 3]
+    assert parity.target_positions([1, 0, 1]).tolist() == [2]  # position 0 has no context
+    assert parity.target_positions([0, 0, 0]).tolist() == [1, 2]  # nothing trained: all
+    assert parity.target_positions([1]).tolist() == []
 
 
 def test_token_nll_is_cross_entropy_of_the_previous_position():
@@ -209,8 +245,8 @@ def test_token_nll_is_cross_entropy_of_the_previous_position():
     want = torch.nn.functional.cross_entropy(
         torch.from_numpy(logits[targets - 1]), torch.tensor(ids)[targets], reduction="none"
     )
-    np.testing.assert_allclose(gguf_export.token_nll(logits, ids, targets), want.numpy(), rtol=1e-5)
-    assert gguf_export.perplexity([]) == (None, 0)
+    np.testing.assert_allclose(parity.token_nll(logits, ids, targets), want.numpy(), rtol=1e-5)
+    assert parity.perplexity([]) == (None, 0)
 
 
 def test_perplexity_is_the_training_loss_on_masked_targets(exported):
@@ -229,12 +265,12 @@ def test_perplexity_is_the_training_loss_on_masked_targets(exported):
         count = sum(mask[1:])
         total, n = total + loss * count, n + count
     paths = {ft: out[ft][0].path for ft in ("f32", "q8_0")}
-    both = gguf_export.check_parities(paths, src, seqs, [], n_threads=2, masks=masks)
+    both = parity.check_parities(paths, src, seqs, [], n_threads=2, masks=masks)
     assert both["f32"].n_loss_tokens == n
     assert both["f32"].hf_perplexity == pytest.approx(np.exp(total / n), rel=1e-5)
     assert both["f32"].perplexity == pytest.approx(both["f32"].hf_perplexity, rel=1e-4)
     assert both["q8_0"].hf_perplexity == both["f32"].hf_perplexity
-    alone = gguf_export.check_parity(paths["q8_0"], src, seqs, [], n_threads=2, masks=masks)
+    alone = parity.check_parity(paths["q8_0"], src, seqs, [], n_threads=2, masks=masks)
     assert dataclasses.astuple(alone) == dataclasses.astuple(both["q8_0"])
 
 
@@ -243,10 +279,10 @@ def test_tokenizer_check_catches_a_wrong_pre(tmp_path, exported):
     from llama_cpp import Llama
 
     src, _ = exported
-    wrong = gguf_export.write_gguf(dataclasses.replace(src, pre="default"), tmp_path / "m.gguf", "f32")
+    wrong = export.write_gguf(dataclasses.replace(src, pre="default"), tmp_path / "m.gguf", "f32")
     llm = Llama(model_path=str(wrong.path), vocab_only=True, verbose=False)
     try:
-        assert gguf_export.tokenizer_agreement(llm, src.tokenizer, TEXTS) < 1.0
+        assert parity.tokenizer_agreement(llm, src.tokenizer, TEXTS) < 1.0
     finally:
         llm.close()
 
@@ -259,7 +295,7 @@ def test_write_is_atomic(tmp_path, exported, monkeypatch):
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
     with pytest.raises(RuntimeError):
-        gguf_export.write_gguf(src, tmp_path / "m.gguf", "f16")
+        export.write_gguf(src, tmp_path / "m.gguf", "f16")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -269,11 +305,11 @@ def test_refuses_unknown_pre_tokenizer_and_config():
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    with pytest.raises(gguf_export.ExportError, match="pre-tokenizer"):
-        gguf_export.pre_tokenizer_name(PreTrainedTokenizerFast(tokenizer_object=raw))
+    with pytest.raises(export.ExportError, match="pre-tokenizer"):
+        export.pre_tokenizer_name(PreTrainedTokenizerFast(tokenizer_object=raw))
     raw.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
-    assert gguf_export.pre_tokenizer_name(PreTrainedTokenizerFast(tokenizer_object=raw)) == "smollm"
-    with pytest.raises(gguf_export.ExportError, match="attention_bias"):
-        gguf_export.check_config(LlamaConfig(attention_bias=True))
+    assert export.pre_tokenizer_name(PreTrainedTokenizerFast(tokenizer_object=raw)) == "smollm"
+    with pytest.raises(export.ExportError, match="attention_bias"):
+        export.check_config(LlamaConfig(attention_bias=True))

@@ -1,8 +1,8 @@
-"""smolforge.httpcache: what is stored, what a conditional request sends, damaged entries."""
+"""smolforge.web.httpcache: what is stored, what a conditional request sends, damaged entries."""
 
 from __future__ import annotations
 
-from smolforge.httpcache import HttpCache
+from smolforge.web.httpcache import HttpCache
 
 
 def test_round_trip_and_conditional_headers(tmp_path):

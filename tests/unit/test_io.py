@@ -1,4 +1,4 @@
-"""smolforge.io: atomic file and folder writes, JSONL reading with located errors, meta.json versions."""
+"""smolforge.core.io: atomic file and folder writes, JSONL reading with located errors, meta.json versions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from smolforge.cli import StageError
-from smolforge.io import atomic_dir, atomic_file, read_jsonl, read_meta, write_json, write_jsonl
+from smolforge.core.cli import StageError
+from smolforge.core.io import atomic_dir, atomic_file, read_jsonl, read_meta, write_json, write_jsonl
 
 
 class Boom(Exception):
@@ -181,7 +181,7 @@ def dead_pid() -> int:
 
 
 def test_temps_of_killed_writers_are_swept_by_the_next_write(tmp_path):
-    from smolforge.io import sweep_stale
+    from smolforge.core.io import sweep_stale
 
     dead, live = dead_pid(), os.getppid()
     (tmp_path / f".out.{dead}.abcd1234.tmp").mkdir()  # atomic_dir's temp, killed mid-write
@@ -206,7 +206,7 @@ def test_temp_names_carry_the_writers_pid(tmp_path):
 
 
 def test_read_jsonl_checks_the_count_meta_json_gives(tmp_path):
-    from smolforge.io import meta_count
+    from smolforge.core.io import meta_count
 
     write_jsonl(tmp_path / "r.jsonl", [{"id": 1}, {"id": 2}])
     assert len(read_jsonl(tmp_path / "r.jsonl", "format", expected=2)) == 2

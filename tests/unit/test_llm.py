@@ -1,4 +1,4 @@
-"""smolforge.llm against a fault-injecting OpenAI-compatible server on 127.0.0.1: retries,
+"""smolforge.llm.client against a fault-injecting OpenAI-compatible server on 127.0.0.1: retries,
 errors, cache keys, concurrency, and resuming after a crash without repeating requests."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from smolforge.llm import (
+from smolforge.llm.cache import RequestCache
+from smolforge.llm.client import (
     AskStats,
     Client,
     EndpointError,
@@ -20,7 +21,6 @@ from smolforge.llm import (
     _retry_after,
     ask_all,
 )
-from smolforge.llmcache import RequestCache
 from tests import fakeopenai as fake_server
 from tests.fakeopenai import drop, empty, malformed, silence, status
 from tests.httpfixtures import free_port

@@ -1,10 +1,10 @@
-"""smolforge.llmcache: append-only answers, fsynced per line, a torn last line after a crash."""
+"""smolforge.llm.cache: append-only answers, fsynced per line, a torn last line after a crash."""
 
 from __future__ import annotations
 
 import json
 
-from smolforge.llmcache import RequestCache, Response
+from smolforge.llm.cache import RequestCache, Response
 
 A = Response("first answer", "stop", 10, 3)
 B = Response("second ✓", "length", 12, 5)

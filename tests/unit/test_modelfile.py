@@ -1,4 +1,4 @@
-"""smolforge.modelfile: chat templates measured into turn formats, Go templates and Modelfile text per style."""
+"""smolforge.gguf.modelfile: chat templates measured into turn formats, Go templates and Modelfile text per style."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import logging
 
 import pytest
 
-from smolforge import chat, modelfile
+from smolforge.core import styles
+from smolforge.core.card import Task
+from smolforge.gguf import modelfile
 
 # SmolLM2-135M-Instruct's own template: ChatML with a default system prompt
 SMOLLM2 = (
@@ -17,9 +19,9 @@ SMOLLM2 = (
 )
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
-# the other styles as smolforge.chat renders them (copied, so the expected text is pinned here)
+# the other styles as smolforge.core.styles renders them (copied, so the expected text is pinned here)
 STYLES = {
-    "plain": chat.template("plain"),
+    "plain": styles.template("plain"),
     "human_bot": (
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
@@ -126,11 +128,9 @@ def test_rendering_the_format_matches_the_template(style):
 
 
 def test_smolforge_chat_styles_all_fit():
-    """Every style smolforge.chat knows measures cleanly (catches a style that drifts)."""
-    if not hasattr(chat, "style_template"):
-        pytest.skip("smolforge.chat has no style_template")
-    for style in chat.STOP_WORDS:
-        template = chat.style_template(style, SMOLLM2)
+    """Every style smolforge.core.styles knows measures cleanly (catches a style that drifts)."""
+    for style in styles.STOP_WORDS:
+        template = styles.style_template(style, SMOLLM2)
         fmt = modelfile.describe(template, "<s>", "</s>")
         assert modelfile.render(fmt, CHATS[1]) == jinja(template, CHATS[1])
 
@@ -190,8 +190,13 @@ PARAMETER num_ctx 2048
 '''
 
 
+def chat_task(style: str, stop: list[str] | None = None, system: str = "") -> Task:
+    """A chat model card's task (its chat_template field is training's; build is given the tokenizer's)."""
+    return Task("chat", style, chat_template="", stop=stop or [], system=system, layout={})
+
+
 def test_chatml_modelfile_text():
-    task = {"task": "chat", "chat_style": "template", "stop": ["<|im_end|>"], "system": ""}
+    task = chat_task("template", ["<|im_end|>"])
     text = modelfile.build(
         "model-q8_0.gguf", SMOLLM2, task, "<|im_start|>", "<|im_end|>", 0.7, 2048, name="chat"
     )
@@ -199,7 +204,7 @@ def test_chatml_modelfile_text():
 
 
 def test_a_persona_replaces_the_default_system():
-    task = {"chat_style": "template", "system": 'You are Paul "PG" Graham.'}
+    task = chat_task("template", system='You are Paul "PG" Graham.')
     text = modelfile.build("m.gguf", SMOLLM2, task, "<|im_start|>", "<|im_end|>", 0.7, 512)
     assert dict(read_modelfile(text))["system"] == 'You are Paul "PG" Graham.'
     assert 'SYSTEM """You are Paul "PG" Graham."""' in text
@@ -248,7 +253,7 @@ def test_style_modelfiles(style, template_text):
         "chat_builder": ["\n"],
         "task_tags": ["<eot>", "\nUser:"],
     }
-    task = {"chat_style": style, "stop": stops[style], "system": "You are Paul."}
+    task = chat_task(style, stops[style], "You are Paul.")
     text = modelfile.build("model-q8_0.gguf", STYLES[style], task, "<s>", "</s>", 0.8, 256, name="chat")
     commands = read_modelfile(text)
     assert commands[0] == ("from", "./model-q8_0.gguf")
@@ -262,33 +267,39 @@ def test_style_modelfiles(style, template_text):
 
 
 def test_greedy_temperature_is_written_as_zero():
-    text = modelfile.build("m.gguf", STYLES["plain"], {"chat_style": "plain"}, "<s>", "</s>", 0.0, 64)
+    text = modelfile.build("m.gguf", STYLES["plain"], chat_task("plain"), "<s>", "</s>", 0.0, 64)
     assert "PARAMETER temperature 0\n" in text and "SYSTEM" not in text
 
 
 def test_unknown_template_gets_no_template_line_and_a_warning(caplog):
     numbered = "{% for m in messages %}{{ loop.index|string + ': ' + m['content'] + '\n' }}{% endfor %}"
-    with caplog.at_level(logging.WARNING, logger="smolforge.modelfile"):
-        text = modelfile.build(
-            "m.gguf", numbered, {"chat_style": "template", "stop": []}, "<s>", "</s>", 0.7, 64
-        )
+    with caplog.at_level(logging.WARNING, logger="smolforge.gguf.modelfile"):
+        text = modelfile.build("m.gguf", numbered, chat_task("template"), "<s>", "</s>", 0.7, 64)
     assert "TEMPLATE" not in text and "FROM ./m.gguf\n" in text and 'PARAMETER stop "</s>"' in text
     assert "no TEMPLATE line" in caplog.text and "'template'" in caplog.text
 
 
 def test_no_chat_template_gets_no_template_line(caplog):
-    with caplog.at_level(logging.WARNING, logger="smolforge.modelfile"):
-        text = modelfile.build("m.gguf", None, {}, None, None, 0.7, 64)
+    with caplog.at_level(logging.WARNING, logger="smolforge.gguf.modelfile"):
+        text = modelfile.build("m.gguf", None, chat_task("template"), None, None, 0.7, 64)
     assert text.splitlines()[1:] == ["FROM ./m.gguf", "PARAMETER temperature 0.7", "PARAMETER num_ctx 64"]
     assert "no chat template" in caplog.text
 
 
 def test_unquotable_values_are_left_out_with_a_warning(caplog):
-    task = {"chat_style": "plain", "stop": ['say """', "ok"], "system": 'a """ b'}
-    with caplog.at_level(logging.WARNING, logger="smolforge.modelfile"):
+    task = chat_task("plain", ['say """', "ok"], 'a """ b')
+    with caplog.at_level(logging.WARNING, logger="smolforge.gguf.modelfile"):
         text = modelfile.build("m.gguf", STYLES["plain"], task, "<s>", "</s>", 0.7, 64)
     assert [v for k, v in read_modelfile(text) if k == "stop"] == ["ok", "</s>"]
     assert "SYSTEM" not in text and caplog.text.count("three quotes") == 2
+
+
+def test_params_check_values():
+    assert modelfile.ModelfileParams("q8_0", temperature=-1.0, num_ctx=0).check() == [
+        "temperature: expected >= 0, got -1.0",
+        "num_ctx: expected >= 1, got 0",
+    ]
+    assert modelfile.ModelfileParams("f16", temperature=0.0, num_ctx=1).check() == []
 
 
 def test_braces_and_quotes_in_template_text_become_go_strings():

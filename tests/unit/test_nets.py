@@ -1,4 +1,4 @@
-"""smolforge.nets: rewrite rules, strategies, confluence and step bounds, text form, SplitSampler."""
+"""smolforge.nets.reducer: rewrite rules, strategies, confluence and step bounds, text form, SplitSampler."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smolforge import nets
+from smolforge.nets import reducer
 
 NORMAL_SHAPE = re.compile(r"[BD]*[AC]*")
 
 
 def all_nets(max_len: int):
-    return itertools.chain.from_iterable(nets.enumerate_nets(n) for n in range(max_len + 1))
+    return itertools.chain.from_iterable(reducer.enumerate_nets(n) for n in range(max_len + 1))
 
 
 @pytest.fixture(scope="module")
-def leftmost_table() -> dict[str, nets.Reduction]:
+def leftmost_table() -> dict[str, reducer.Reduction]:
     """reduce(net) for every net up to length 8 (87,381 nets)."""
-    return {net: nets.reduce(net, "leftmost") for net in all_nets(8)}
+    return {net: reducer.reduce(net, "leftmost") for net in all_nets(8)}
 
 
 # ---- rules
@@ -31,35 +31,35 @@ def leftmost_table() -> dict[str, nets.Reduction]:
 
 @pytest.mark.parametrize("net, after", [("AB", ""), ("CD", ""), ("AD", "DA"), ("CB", "BC")])
 def test_each_rule_is_one_step(net, after):
-    assert nets.successors(net) == {after}
+    assert reducer.successors(net) == {after}
     for strategy in ("leftmost", "priority"):
-        assert nets.trace(net, strategy) == [net, after]
+        assert reducer.trace(net, strategy) == [net, after]
 
 
 @pytest.mark.parametrize("pair", ["AA", "AC", "BA", "BB", "BC", "BD", "CA", "CC", "DA", "DB", "DC", "DD"])
 def test_no_rule_for_other_pairs(pair):
-    assert nets.is_normal(pair) and nets.successors(pair) == set()
-    assert nets.redex(pair, "leftmost") == nets.redex(pair, "priority") == -1
+    assert reducer.is_normal(pair) and reducer.successors(pair) == set()
+    assert reducer.redex(pair, "leftmost") == reducer.redex(pair, "priority") == -1
 
 
 def test_final_pair_is_deleted():
     # the original generator dropped the rewrite of a redex that ends the net
-    assert nets.trace("CAB", "leftmost") == ["CAB", "C"]
-    assert nets.trace("CAB", "priority") == ["CAB", "C"]
-    assert nets.reduce("DCD") == nets.Reduction("D", 1)
+    assert reducer.trace("CAB", "leftmost") == ["CAB", "C"]
+    assert reducer.trace("CAB", "priority") == ["CAB", "C"]
+    assert reducer.reduce("DCD") == reducer.Reduction("D", 1)
 
 
 def test_worked_example():
-    assert nets.trace("ADB", "leftmost") == ["ADB", "DAB", "D"]
-    assert nets.reduce("ADB") == nets.Reduction("D", 2)
+    assert reducer.trace("ADB", "leftmost") == ["ADB", "DAB", "D"]
+    assert reducer.reduce("ADB") == reducer.Reduction("D", 2)
 
 
 def test_successors():
-    assert nets.successors("ABCD") == {"CD", "AB"}
-    assert nets.successors("CBAD") == {"BCAD", "CBDA"}
-    assert nets.successors("ADAD") == {"DAAD", "ADDA"}
-    assert nets.successors("BDAC") == set()
-    assert nets.successors("") == set()
+    assert reducer.successors("ABCD") == {"CD", "AB"}
+    assert reducer.successors("CBAD") == {"BCAD", "CBDA"}
+    assert reducer.successors("ADAD") == {"DAAD", "ADDA"}
+    assert reducer.successors("BDAC") == set()
+    assert reducer.successors("") == set()
 
 
 # ---- strategies
@@ -67,46 +67,46 @@ def test_successors():
 
 def test_strategies_choose_different_redexes():
     # leftmost takes the A D at 0; priority prefers the A B rule, found at 2
-    assert nets.redex("ADAB", "leftmost") == 0
-    assert nets.redex("ADAB", "priority") == 2
-    assert nets.trace("ADAB", "leftmost") == ["ADAB", "DAAB", "DA"]
-    assert nets.trace("ADAB", "priority") == ["ADAB", "AD", "DA"]
+    assert reducer.redex("ADAB", "leftmost") == 0
+    assert reducer.redex("ADAB", "priority") == 2
+    assert reducer.trace("ADAB", "leftmost") == ["ADAB", "DAAB", "DA"]
+    assert reducer.trace("ADAB", "priority") == ["ADAB", "AD", "DA"]
     n_differ = sum(
-        nets.trace(net, "leftmost") != nets.trace(net, "priority") for net in nets.enumerate_nets(6)
+        reducer.trace(net, "leftmost") != reducer.trace(net, "priority") for net in reducer.enumerate_nets(6)
     )
     assert n_differ > 100
 
 
 def test_priority_follows_rule_order():
     # "CD" comes after "AB" in RULES, so priority skips the earlier C D for the later A B
-    assert nets.redex("CDAB", "priority") == 2
-    assert nets.redex("CDAB", "leftmost") == 0
-    assert nets.redex("CBAD", "priority") == 2  # A D (rule 3) before C B (rule 4)
+    assert reducer.redex("CDAB", "priority") == 2
+    assert reducer.redex("CDAB", "leftmost") == 0
+    assert reducer.redex("CBAD", "priority") == 2  # A D (rule 3) before C B (rule 4)
 
 
 def test_strategies_agree_exhaustively_up_to_length_8(leftmost_table):
     for net, red in leftmost_table.items():
-        assert nets.reduce(net, "priority") == red, net
+        assert reducer.reduce(net, "priority") == red, net
 
 
 def test_every_rewrite_order_gives_same_answer_and_steps(leftmost_table):
     # every one-step successor is one step closer to the same normal form; by induction,
     # every rewrite order (not only the two strategies) agrees
     for net, red in leftmost_table.items():
-        for nxt in nets.successors(net):
-            assert leftmost_table[nxt] == nets.Reduction(red.normal_form, red.steps - 1), (net, nxt)
+        for nxt in reducer.successors(net):
+            assert leftmost_table[nxt] == reducer.Reduction(red.normal_form, red.steps - 1), (net, nxt)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet="ABCD", max_size=40), st.randoms(use_true_random=False))
 def test_strategies_agree_on_random_nets(net, rng):
-    left = nets.reduce(net, "leftmost")
-    assert nets.reduce(net, "priority") == left
+    left = reducer.reduce(net, "leftmost")
+    assert reducer.reduce(net, "priority") == left
     assert NORMAL_SHAPE.fullmatch(left.normal_form)
-    assert left.steps <= nets.max_steps(len(net))
+    assert left.steps <= reducer.max_steps(len(net))
     # a random rewrite order reaches the same normal form in the same number of steps
     state, steps = net, 0
-    while succ := sorted(nets.successors(state)):
+    while succ := sorted(reducer.successors(state)):
         state, steps = rng.choice(succ), steps + 1
     assert (state, steps) == (left.normal_form, left.steps)
 
@@ -116,9 +116,9 @@ def test_strategies_agree_on_random_nets(net, rng):
 
 def test_normal_forms_have_shape_bd_then_ac(leftmost_table):
     for net, red in leftmost_table.items():
-        assert nets.is_normal(net) == bool(NORMAL_SHAPE.fullmatch(net)), net
+        assert reducer.is_normal(net) == bool(NORMAL_SHAPE.fullmatch(net)), net
         assert NORMAL_SHAPE.fullmatch(red.normal_form), net
-        assert (red.steps == 0) == nets.is_normal(net)
+        assert (red.steps == 0) == reducer.is_normal(net)
 
 
 def test_worst_case_is_floor_n_squared_over_4(leftmost_table):
@@ -128,21 +128,21 @@ def test_worst_case_is_floor_n_squared_over_4(leftmost_table):
 
     def count(net: str) -> int:
         if net not in steps:
-            i = nets.redex(net, "leftmost")
-            steps[net] = 0 if i < 0 else 1 + count(nets.rewrite_at(net, i))
+            i = reducer.redex(net, "leftmost")
+            steps[net] = 0 if i < 0 else 1 + count(reducer.rewrite_at(net, i))
         return steps[net]
 
     for n in range(10):
-        worst = max(count(net) for net in nets.enumerate_nets(n))
-        assert worst == n * n // 4 == nets.max_steps(n), n
+        worst = max(count(net) for net in reducer.enumerate_nets(n))
+        assert worst == n * n // 4 == reducer.max_steps(n), n
     for k in range(8):
-        assert nets.reduce("A" * k + "D" * k).steps == k * k
-        assert nets.reduce("C" * k + "B" * (k + 1)).steps == k * (k + 1)
+        assert reducer.reduce("A" * k + "D" * k).steps == k * k
+        assert reducer.reduce("C" * k + "B" * (k + 1)).steps == k * (k + 1)
 
 
 def test_enumerate_nets():
-    assert list(nets.enumerate_nets(0)) == [""]
-    two = list(nets.enumerate_nets(2))
+    assert list(reducer.enumerate_nets(0)) == [""]
+    two = list(reducer.enumerate_nets(2))
     assert len(two) == 16 == len(set(two)) and two == sorted(two)
 
 
@@ -151,23 +151,23 @@ def test_enumerate_nets():
 
 @pytest.mark.parametrize("net, text", [("ADB", "A D B"), ("A", "A"), ("", "EMPTY")])
 def test_text_round_trip(net, text):
-    assert nets.to_text(net) == text
-    assert nets.parse(text) == net
-    assert nets.parse(f" {text}\n") == net
+    assert reducer.to_text(net) == text
+    assert reducer.parse(text) == net
+    assert reducer.parse(f" {text}\n") == net
 
 
 @pytest.mark.parametrize(
     "text", ["", " ", "AB", "A  B", "A\tB", "a b", "A E", "A, B", "A EMPTY", "EMPTY A", "empty", "A =", "-"]
 )
 def test_parse_rejects_malformed(text):
-    assert nets.parse(text) is None
+    assert reducer.parse(text) is None
 
 
 # ---- SplitSampler
 
 
 def test_heldout_splits_are_disjoint_and_unique():
-    s = nets.SplitSampler(seed=1, max_heldout_share=0.5)
+    s = reducer.SplitSampler(seed=1, max_heldout_share=0.5)
     test = s.heldout("test", 300, range(1, 9))
     val = s.heldout("val", 100, range(1, 9))
     ood = s.heldout("ood", 20, range(12, 13))
@@ -180,7 +180,7 @@ def test_heldout_splits_are_disjoint_and_unique():
 
 
 def test_heldout_share_caps_short_lengths():
-    s = nets.SplitSampler(seed=3, max_heldout_share=0.5)
+    s = reducer.SplitSampler(seed=3, max_heldout_share=0.5)
     # room: 2 of the 4 length-1 nets, 8 of 16, 32 of 64
     got = s.heldout("test", 42, range(1, 4))
     assert Counter(map(len, got)) == {1: 2, 2: 8, 3: 32}
@@ -189,7 +189,7 @@ def test_heldout_share_caps_short_lengths():
 
 
 def test_train_lengths_uniform_despite_heldout_claims():
-    s = nets.SplitSampler(seed=5, max_heldout_share=0.5)
+    s = reducer.SplitSampler(seed=5, max_heldout_share=0.5)
     claimed = set(s.heldout("test", 42, range(1, 4)))  # every held-out slot of lengths 1-3
     train = s.train(6000, range(1, 4))
     counts = Counter(map(len, train))
@@ -201,7 +201,7 @@ def test_train_lengths_uniform_despite_heldout_claims():
 
 def test_same_seed_same_output_different_seed_different():
     def run(seed):
-        s = nets.SplitSampler(seed, 0.5)
+        s = reducer.SplitSampler(seed, 0.5)
         return s.heldout("test", 50, range(1, 9)), s.by_steps("strat", 6, 1, 6), s.train(100, range(1, 9))
 
     assert run(7) == run(7)
@@ -210,10 +210,10 @@ def test_same_seed_same_output_different_seed_different():
 
 
 def test_by_steps_gives_exactly_per_steps_nets_per_step_count():
-    s = nets.SplitSampler(seed=0, max_heldout_share=0.5)
+    s = reducer.SplitSampler(seed=0, max_heldout_share=0.5)
     test = s.heldout("test", 200, range(1, 9))
     got = s.by_steps("strat", 6, 2, 9)
-    steps = [nets.reduce(n).steps for n in got]
+    steps = [reducer.reduce(n).steps for n in got]
     assert steps == sorted(steps)
     assert Counter(steps) == {k: 2 for k in range(10)}
     assert all(len(n) == 6 for n in got) and len(set(got)) == len(got)
@@ -222,13 +222,13 @@ def test_by_steps_gives_exactly_per_steps_nets_per_step_count():
 
 
 def test_by_steps_impossible_step_count_raises():
-    s = nets.SplitSampler(seed=0, max_heldout_share=0.5)
+    s = reducer.SplitSampler(seed=0, max_heldout_share=0.5)
     with pytest.raises(ValueError, match="split strat: length-4 nets take at most 4 steps"):
         s.by_steps("strat", 4, 1, 5)
 
 
 def test_by_steps_counts_against_the_heldout_share():
-    s = nets.SplitSampler(seed=0, max_heldout_share=0.5)
+    s = reducer.SplitSampler(seed=0, max_heldout_share=0.5)
     with pytest.raises(ValueError, match="length 1 holds too few nets for 3"):
         s.by_steps("strat", 1, 3, 0)  # 3 of the 4 length-1 nets would leave train 1 net
     got = s.by_steps("strat", 1, 2, 0)
@@ -240,7 +240,7 @@ def test_by_steps_counts_against_the_heldout_share():
 
 def test_sample_net_is_uniform_over_symbols():
     rng = random.Random(0)
-    counts = Counter(nets.sample_net(rng, 4000))
+    counts = Counter(reducer.sample_net(rng, 4000))
     assert set(counts) == set("ABCD") and all(abs(c - 1000) < 150 for c in counts.values())
 
 
@@ -251,14 +251,14 @@ def _subset_rewrites(net: str) -> set[str]:
     """Brute force: every result of rewriting a non-empty subset of the redexes."""
     import itertools
 
-    idx = [i for i in range(len(net) - 1) if net[i : i + 2] in dict(nets.RULES)]
+    idx = [i for i in range(len(net) - 1) if net[i : i + 2] in dict(reducer.RULES)]
     out = set()
     for r in range(1, len(idx) + 1):
         for sub in itertools.combinations(idx, r):
             s, i = [], 0
             while i < len(net):
                 if i in sub:
-                    s.append(dict(nets.RULES)[net[i : i + 2]])
+                    s.append(dict(reducer.RULES)[net[i : i + 2]])
                     i += 2
                 else:
                     s.append(net[i])
@@ -269,21 +269,21 @@ def _subset_rewrites(net: str) -> set[str]:
 
 def test_is_parallel_rewrite_matches_brute_force_for_all_short_nets():
     for n in range(6):
-        for net in nets.enumerate_nets(n):
+        for net in reducer.enumerate_nets(n):
             legal = _subset_rewrites(net)
             for m in range(n + 1):
-                for cand in nets.enumerate_nets(m):
-                    assert nets.is_parallel_rewrite(net, cand) == (cand in legal), (net, cand)
+                for cand in reducer.enumerate_nets(m):
+                    assert reducer.is_parallel_rewrite(net, cand) == (cand in legal), (net, cand)
 
 
 def test_parallel_trace_reaches_the_normal_form_in_fewer_lines():
     for n in range(9):
-        for net in nets.enumerate_nets(n):
-            states = nets.parallel_trace(net)
-            assert states[-1] == nets.reduce(net).normal_form
-            assert len(states) - 1 <= nets.reduce(net).steps
-            assert all(nets.is_parallel_rewrite(a, b) for a, b in zip(states, states[1:]))
-    assert len(nets.parallel_trace("A" * 10 + "D" * 10)) - 1 == 19  # vs 100 single rewrites
+        for net in reducer.enumerate_nets(n):
+            states = reducer.parallel_trace(net)
+            assert states[-1] == reducer.reduce(net).normal_form
+            assert len(states) - 1 <= reducer.reduce(net).steps
+            assert all(reducer.is_parallel_rewrite(a, b) for a, b in zip(states, states[1:]))
+    assert len(reducer.parallel_trace("A" * 10 + "D" * 10)) - 1 == 19  # vs 100 single rewrites
 
 
 def test_vanishing_nets_reduce_to_nothing_and_cover_both_pair_kinds():
@@ -291,16 +291,16 @@ def test_vanishing_nets_reduce_to_nothing_and_cover_both_pair_kinds():
     seen = set()
     for n in range(0, 23, 2):
         for _ in range(200):
-            net = nets.sample_vanishing_net(rng, n)
-            assert len(net) == n and nets.reduce(net).normal_form == ""
+            net = reducer.sample_vanishing_net(rng, n)
+            assert len(net) == n and reducer.reduce(net).normal_form == ""
             seen.add(net)
     assert {"AB", "CD", "ACDB", "CABD"} <= seen  # interleavings, not just concatenations
 
 
 def test_train_split_draws_the_requested_vanishing_share():
-    sampler = nets.SplitSampler(seed=1, max_heldout_share=0.5)
+    sampler = reducer.SplitSampler(seed=1, max_heldout_share=0.5)
     sampler.heldout("test", 200, range(1, 13))
     train = sampler.train(4000, range(1, 13), vanishing_share=0.2)
-    vanishing = sum(nets.reduce(t).normal_form == "" for t in train) / len(train)
+    vanishing = sum(reducer.reduce(t).normal_form == "" for t in train) / len(train)
     assert 0.17 < vanishing < 0.26  # 20% built + the few uniform nets that vanish anyway
     assert not set(train) & set(sampler.owner)

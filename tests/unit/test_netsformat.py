@@ -1,29 +1,31 @@
-"""smolforge.netsformat: the full and step trace shapes, and check_trace's verdicts."""
+"""smolforge.nets.layouts: the full and step trace shapes, and check_trace's verdicts."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
-from smolforge import nets, netsformat
-from smolforge.netsformat import check_trace, examples
+from smolforge.core.cli import StageError
+from smolforge.nets import layouts, reducer
+from smolforge.nets.layouts import check_trace, examples
 
 
-def reference(net: str, strategy: nets.Strategy = "leftmost") -> list[str]:
-    return netsformat.full_answer(net, strategy).split("\n")
+def reference(net: str, strategy: reducer.Strategy = "leftmost") -> list[str]:
+    return layouts.full_answer(net, strategy).split("\n")
 
 
 # ---- shapes
 
 
 def test_full_shape_worked_example():
-    assert list(netsformat.examples("ADB", "full", "leftmost")) == [("A D B", "D A B =\nD")]
+    assert list(layouts.examples("ADB", "full", "leftmost")) == [("A D B", "D A B =\nD")]
 
 
 def test_step_shape_worked_example():
     # one example per state, including the final one that teaches the model to stop
-    assert list(netsformat.examples("ADB", "step", "leftmost")) == [
+    assert list(layouts.examples("ADB", "step", "leftmost")) == [
         ("A D B", "D A B ="),
         ("D A B", "D"),
         ("D", "D"),
@@ -31,27 +33,27 @@ def test_step_shape_worked_example():
 
 
 def test_shapes_follow_the_strategy():
-    assert netsformat.full_answer("ADAB", "leftmost") == "D A A B =\nD A"
-    assert netsformat.full_answer("ADAB", "priority") == "A D =\nD A"
-    assert netsformat.step_answer("ADAB", "priority") == "A D ="
+    assert layouts.full_answer("ADAB", "leftmost") == "D A A B =\nD A"
+    assert layouts.full_answer("ADAB", "priority") == "A D =\nD A"
+    assert layouts.step_answer("ADAB", "priority") == "A D ="
 
 
 @pytest.mark.parametrize("shape", ["full", "step"])
 def test_normal_net_answers_itself(shape):
-    assert list(netsformat.examples("BA", shape, "priority")) == [("B A", "B A")]
-    assert list(netsformat.examples("", shape, "priority")) == [("EMPTY", "EMPTY")]
+    assert list(layouts.examples("BA", shape, "priority")) == [("B A", "B A")]
+    assert list(layouts.examples("", shape, "priority")) == [("EMPTY", "EMPTY")]
 
 
 def test_empty_answer_is_written_empty():
-    assert netsformat.full_answer("CDAB", "leftmost") == "A B =\nEMPTY"
-    assert netsformat.step_answer("AB", "leftmost") == "EMPTY"
-    assert netsformat.line("") == "EMPTY"
-    assert netsformat.line("DA") == "D A"
-    assert netsformat.line("AD") == "A D ="
+    assert layouts.full_answer("CDAB", "leftmost") == "A B =\nEMPTY"
+    assert layouts.step_answer("AB", "leftmost") == "EMPTY"
+    assert layouts.line("") == "EMPTY"
+    assert layouts.line("DA") == "D A"
+    assert layouts.line("AD") == "A D ="
 
 
 def test_messages_shape():
-    assert netsformat.messages("A B", "EMPTY") == [
+    assert layouts.messages("A B", "EMPTY") == [
         {"role": "user", "content": "A B"},
         {"role": "assistant", "content": "EMPTY"},
     ]
@@ -60,7 +62,7 @@ def test_messages_shape():
 # ---- check_trace
 
 
-def verdict_tuple(v: netsformat.Verdict):
+def verdict_tuple(v: layouts.Verdict):
     return v.answer, v.correct, v.valid, v.exact, v.failure
 
 
@@ -68,15 +70,15 @@ def verdict_tuple(v: netsformat.Verdict):
 @pytest.mark.parametrize("net", ["ADB", "CAB", "ADAB", "BA", "", "AB", "CCBBAD"])
 def test_reference_trace_is_correct_valid_exact(net, strategy):
     v = check_trace(net, reference(net, strategy), "full", strategy, looped=False)
-    red = nets.reduce(net)
+    red = reducer.reduce(net)
     assert verdict_tuple(v) == (red.normal_form, True, True, True, None)
-    assert v.states == nets.trace(net, strategy)[1:] or (red.steps == 0 and v.states == [net])
+    assert v.states == reducer.trace(net, strategy)[1:] or (red.steps == 0 and v.states == [net])
 
 
 def test_step_shape_outputs_check_like_full():
     # evaluate iterates the step shape: each output line is one element of `lines`
     net = "CCBBAD"
-    lines = [netsformat.step_answer(s, "priority") for s in nets.trace(net, "priority")[:-1]]
+    lines = [layouts.step_answer(s, "priority") for s in reducer.trace(net, "priority")[:-1]]
     assert lines == reference(net, "priority")
     assert check_trace(net, lines, "full", "priority", looped=False).exact
 
@@ -185,7 +187,7 @@ def test_pass_verdicts():
 
 # ---- the pass shape's layout: blanks and frame
 
-ALIGNED = netsformat.Layout(blanks=True, frame=6)
+ALIGNED = layouts.Layout(blanks=True, frame=6)
 
 
 def test_blanks_keep_annihilated_pairs_in_place_and_frame_pads_the_prompt():
@@ -201,23 +203,23 @@ def test_blanks_keep_annihilated_pairs_in_place_and_frame_pads_the_prompt():
         ("_ . . . . .", "_"),
     ]
     # a net longer than the frame is written as it is
-    assert netsformat.prompt("BBBBBBBB", ALIGNED) == "B B B B B B B B"
+    assert layouts.prompt("BBBBBBBB", ALIGNED) == "B B B B B B B B"
 
 
 @pytest.mark.parametrize("net", ["ADCB", "AADDCB", "CCDDAB", "BDAC", ""])
 def test_blank_lines_stand_for_the_plain_pass(net):
     """Every blanked line reads back as the plain line's state, as long as the input."""
-    plain = netsformat.reference_lines(net, "pass", "priority")
-    blank = netsformat.reference_lines(net, "pass", "priority", ALIGNED)
-    assert [netsformat.read_line(b, ALIGNED) for b in blank] == [netsformat.read_line(p) for p in plain]
-    for state, text in zip(nets.parallel_trace(net), blank):
-        assert len(text.removesuffix(netsformat.CONTINUES).split(" ")) == max(len(state), 1)
+    plain = layouts.reference_lines(net, "pass", "priority")
+    blank = layouts.reference_lines(net, "pass", "priority", ALIGNED)
+    assert [layouts.read_line(b, ALIGNED) for b in blank] == [layouts.read_line(p) for p in plain]
+    for state, text in zip(reducer.parallel_trace(net), blank):
+        assert len(text.removesuffix(layouts.CONTINUES).split(" ")) == max(len(state), 1)
 
 
 def test_prompt_reads_back_without_its_padding():
     for net in ["", "A", "ADCB", "BBBBBBBB"]:
-        assert netsformat.read_prompt(netsformat.prompt(net, ALIGNED)) == net
-    assert netsformat.read_prompt("A . B") is None
+        assert layouts.read_prompt(layouts.prompt(net, ALIGNED)) == net
+    assert layouts.read_prompt("A . B") is None
 
 
 def test_blank_verdicts():
@@ -229,29 +231,29 @@ def test_blank_verdicts():
     # a line of blanks alone is the empty net; EMPTY is read as itself
     assert check_trace("AB", ["_ _"], "pass", "priority", False, ALIGNED).exact
     assert check_trace("AB", ["EMPTY"], "pass", "priority", False, ALIGNED).valid
-    assert netsformat.read_line("_ _ =", ALIGNED) == "" and netsformat.read_line("_ A", ALIGNED) == "A"
+    assert layouts.read_line("_ _ =", ALIGNED) == "" and layouts.read_line("_ A", ALIGNED) == "A"
     # without the blanks option a blank is malformed
     assert check_trace("ABDCB", ["_ _ D B C"], "pass", "priority", False).failure == "malformed"
 
 
 # ---- marks: false and pack
 
-LOCAL = netsformat.Layout(blanks=True, frame=9, marks=False, pack=True)
+LOCAL = layouts.Layout(blanks=True, frame=9, marks=False, pack=True)
 
 
 def test_without_marks_the_normal_net_answers_itself_and_ends_the_trace():
-    unmarked = netsformat.Layout(blanks=True, frame=6, marks=False)
-    assert netsformat.reference_lines("CADB", "pass", "priority", unmarked) == ["C D A B", "_ _ _ _", "_"]
-    assert netsformat.reference_lines("BA", "pass", "priority", unmarked) == ["B A"]
+    unmarked = layouts.Layout(blanks=True, frame=6, marks=False)
+    assert layouts.reference_lines("CADB", "pass", "priority", unmarked) == ["C D A B", "_ _ _ _", "_"]
+    assert layouts.reference_lines("BA", "pass", "priority", unmarked) == ["B A"]
     ok = check_trace("ABDCB", ["_ _ D B C", "D B C"], "pass", "priority", False, unmarked)
     assert ok.correct and ok.valid and ok.exact
     # repeating a net that still has a redex is a wrong rewrite and a wrong answer
     stuck = check_trace("ADB", ["A D B"], "pass", "priority", False, unmarked)
     assert not stuck.correct and stuck.failure == "wrong_rewrite"
     # decoding goes on while a line changes something; a mark means nothing here
-    assert netsformat.more_follow("_ _ D B C", "ABDCB", "DBC", unmarked)
-    assert not netsformat.more_follow("D B C", "DBC", "DBC", unmarked)
-    assert netsformat.more_follow("D B C =", "DBC", "DBC", netsformat.Layout(True, 6))
+    assert layouts.more_follow("_ _ D B C", "ABDCB", "DBC", unmarked)
+    assert not layouts.more_follow("D B C", "DBC", "DBC", unmarked)
+    assert layouts.more_follow("D B C =", "DBC", "DBC", layouts.Layout(True, 6))
 
 
 def test_pack_puts_states_side_by_side_and_each_is_its_own_pass():
@@ -259,7 +261,7 @@ def test_pack_puts_states_side_by_side_and_each_is_its_own_pass():
         def randint(self, a, b):
             return b
 
-    got = list(netsformat.packed(["AB", "DC", "ADC", "", "CBDA", "AAAAAAAAAA"], LOCAL, Widest()))
+    got = list(layouts.packed(["AB", "DC", "ADC", "", "CBDA", "AAAAAAAAAA"], LOCAL, Widest()))
     assert got == [
         ("_ . . . . . . . .", "_"),  # the empty net: one blank, a line of its own
         ("A B . D C . A D C", "_ _ . D C . D A C"),  # 9 symbols: the frame is full
@@ -270,37 +272,41 @@ def test_pack_puts_states_side_by_side_and_each_is_its_own_pass():
 
 def test_packed_lines_take_random_widths_and_keep_every_state_in_order():
     rng = random.Random(0)
-    states = [nets.sample_net(rng, rng.randint(1, 5)) for _ in range(400)]
-    lines = list(netsformat.packed(states, LOCAL, random.Random(1)))
+    states = [reducer.sample_net(rng, rng.randint(1, 5)) for _ in range(400)]
+    lines = list(layouts.packed(states, LOCAL, random.Random(1)))
     parts = [user.rstrip(" .").split(" . ") for user, _ in lines]
-    assert [nets.parse(p) for line in parts for p in line] == states
+    assert [reducer.parse(p) for line in parts for p in line] == states
     used = [len(user.rstrip(" .").split(" ")) for user, _ in lines]
     assert max(used) <= LOCAL.frame and min(used) < 4 and max(used) > 6  # short lines and full ones
     assert any(len(p) == 1 for p in parts) and any(len(p) > 1 for p in parts)
     for (user, answer), line in zip(lines, parts):
-        assert answer == " . ".join(netsformat.pass_answer(nets.parse(p), LOCAL) for p in line)
+        assert answer == " . ".join(layouts.pass_answer(reducer.parse(p), LOCAL) for p in line)
         assert len(answer.split(" ")) == len(user.rstrip(" .").split(" "))  # symbol under symbol
 
 
 def test_pack_needs_blanks_a_frame_and_no_marks():
     assert LOCAL.problems() == []
     for bad in (
-        netsformat.Layout(blanks=False, frame=9, marks=False, pack=True),
-        netsformat.Layout(blanks=True, frame=0, marks=False, pack=True),
-        netsformat.Layout(blanks=True, frame=9, marks=True, pack=True),
+        layouts.Layout(blanks=False, frame=9, marks=False, pack=True),
+        layouts.Layout(blanks=True, frame=0, marks=False, pack=True),
+        layouts.Layout(blanks=True, frame=9, marks=True, pack=True),
     ):
         assert bad.problems() and "pack" in bad.problems()[0]
-    assert netsformat.Layout.of({"blanks": True, "frame": 8}) == netsformat.Layout(True, 8, True, False)
+    # a recorded layout must name every field: a forgotten one is an error, not a default
+    with pytest.raises(StageError, match=r"layout\.marks: missing key"):
+        layouts.Layout.read({"blanks": True, "frame": 8}, "meta.json", "format")
+    full = dataclasses.asdict(layouts.Layout(True, 8))
+    assert layouts.Layout.read(full, "meta.json", "format") == layouts.Layout(True, 8)
 
 
 def test_a_border_starts_every_line_and_is_read_away():
-    edged = netsformat.Layout(blanks=True, frame=6, marks=False, pack=True, border=True)
-    assert netsformat.prompt("AD", edged) == ". A D . . . ."
-    assert netsformat.pass_answer("AD", edged) == ". D A"
-    assert netsformat.pass_answer("", edged) == ". _"
-    assert netsformat.read_prompt(". A D . . . .") == "AD" and netsformat.read_prompt(". _ . .") == ""
-    assert netsformat.read_line(". _ _ D", edged) == "D" and netsformat.read_line("_ _ D", edged) is None
-    assert list(netsformat.packed(["AB", "D"], edged, random.Random(0))) in (
+    edged = layouts.Layout(blanks=True, frame=6, marks=False, pack=True, border=True)
+    assert layouts.prompt("AD", edged) == ". A D . . . ."
+    assert layouts.pass_answer("AD", edged) == ". D A"
+    assert layouts.pass_answer("", edged) == ". _"
+    assert layouts.read_prompt(". A D . . . .") == "AD" and layouts.read_prompt(". _ . .") == ""
+    assert layouts.read_line(". _ _ D", edged) == "D" and layouts.read_line("_ _ D", edged) is None
+    assert list(layouts.packed(["AB", "D"], edged, random.Random(0))) in (
         [(". A B . D . .", ". _ _ . D")],
         [(". A B . . . .", ". _ _"), (". D . . . . .", ". D")],
     )

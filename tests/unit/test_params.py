@@ -1,4 +1,4 @@
-"""smolforge.params: the typed loader (types, all errors at once, nested sections, DVC-style floats)."""
+"""smolforge.core.params: the typed loader (types, all errors at once, nested sections, DVC-style floats)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Literal
 import pytest
 import yaml
 
-from smolforge.cli import StageError
-from smolforge.params import load_params, parse_params, read_yaml
+from smolforge.core.cli import StageError
+from smolforge.core.params import load_params, parse_params, read_yaml
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""smolforge.retry: the pause before each retry, the give-up rules, Retry-After parsing."""
+"""smolforge.core.retry: the pause before each retry, the give-up rules, Retry-After parsing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from smolforge.retry import GaveUp, Transient, next_wait, parse_retry_after
+from smolforge.core.retry import GaveUp, Transient, next_wait, parse_retry_after
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""smolforge.synth: dialogue parsing, exclude words, questions and answers, near-duplicates, funnels."""
+"""smolforge.llm.synth: dialogue parsing, exclude words, questions and answers, near-duplicates, funnels."""
 
 from __future__ import annotations
 
 import pytest
 
-from smolforge.synth import (
+from smolforge.llm.synth import (
     CONVERSATION_CHECKS,
     DialogueRules,
     Excluder,

@@ -1,12 +1,12 @@
-"""smolforge.synthtasks: requests planned per task, what a param change touches, records built."""
+"""smolforge.llm.tasks: requests planned per task, what a param change touches, records built."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from smolforge.llm import Sampling
-from smolforge.llmcache import Response
-from smolforge.synthtasks import (
+from smolforge.llm.cache import Response
+from smolforge.llm.client import Sampling
+from smolforge.llm.tasks import (
     ConversationTask,
     QaTask,
     build_conversations,

@@ -1,4 +1,4 @@
-"""smolforge.tokenizer: byte-level BPE on net text, byte fallback, determinism, HF save/load, GGUF parts,
+"""smolforge.core.tokenizer: byte-level BPE on net text, byte fallback, determinism, HF save/load, GGUF parts,
 the specials format renders, unused ids, the base backend (other backends: test_tokenizer_backends.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from smolforge import chat, nets, netsformat, tokenizer
+from smolforge.core import styles, tokenizer
+from smolforge.nets import layouts, reducer
 
 VOCAB = 272  # as params.yaml: an upper bound, 256 bytes + 3 specials + up to 13 merges
 N_MERGES = 9  # what net text has to offer: " A" " B" " C" " D" " =" and four for "EMPTY"
@@ -18,9 +19,9 @@ def corpus(n: int = 400, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     texts = []
     for _ in range(n):
-        net = nets.sample_net(rng, rng.randint(1, 10))
-        for user, assistant in netsformat.examples(net, "step", "priority"):
-            segs = chat.render(netsformat.messages(user, assistant), "plain")
+        net = reducer.sample_net(rng, rng.randint(1, 10))
+        for user, assistant in layouts.examples(net, "step", "priority"):
+            segs = styles.render(layouts.messages(user, assistant), "plain")
             texts.append("".join(text for text, _ in segs))
     return texts
 
@@ -94,7 +95,7 @@ def test_specials_in_corpus_are_not_merge_material(tok):
 
 
 def test_byte_bpe_parts_are_consistent(tok):
-    hf = tokenizer.to_hf(tok, chat.template("plain"))
+    hf = tokenizer.to_hf(tok, styles.template("plain"))
     parts = tokenizer.byte_bpe_parts(hf)
     tokens, merges = parts["tokens"], parts["merges"]
     n = tok.get_vocab_size()
@@ -121,25 +122,25 @@ def test_byte_bpe_parts_refuses_other_models():
 
 
 def test_hf_save_and_load_round_trip(tmp_path, tok):
-    hf = tokenizer.to_hf(tok, chat.template("plain"))
+    hf = tokenizer.to_hf(tok, styles.template("plain"))
     hf.save_pretrained(tmp_path)
     assert (tmp_path / "tokenizer.json").is_file()
     loaded = tokenizer.load(tmp_path)
-    assert loaded.chat_template == chat.template("plain")
-    assert (loaded.bos_token, loaded.eos_token, loaded.pad_token) == (chat.BOS, chat.EOS, chat.PAD)
-    assert loaded.pad_token_id == tok.token_to_id(chat.PAD)
+    assert loaded.chat_template == styles.template("plain")
+    assert (loaded.bos_token, loaded.eos_token, loaded.pad_token) == (styles.BOS, styles.EOS, styles.PAD)
+    assert loaded.pad_token_id == tok.token_to_id(styles.PAD)
     text = "<s>A D B\nD A B =</s> caf\u00e9"
     assert loaded.encode(text, add_special_tokens=False) == tok.encode(text).ids
     assert loaded.decode(loaded.encode(text, add_special_tokens=False)) == text
-    messages = netsformat.messages("A D B", "D A B =")
+    messages = layouts.messages("A D B", "D A B =")
     assert loaded.apply_chat_template(messages, tokenize=False) == "".join(
-        t for t, _ in chat.render(messages, "plain")
+        t for t, _ in styles.render(messages, "plain")
     )
 
 
 def test_file_hash_identifies_the_vocab(tmp_path, texts, tok):
     def save(folder, t):
-        tokenizer.to_hf(t, chat.template("plain")).save_pretrained(folder)
+        tokenizer.to_hf(t, styles.template("plain")).save_pretrained(folder)
         return tokenizer.file_hash(folder)
 
     h1 = save(tmp_path / "a", tok)
@@ -170,15 +171,15 @@ def test_n_vocab_counts_unused_ids():
 
 def test_base_backend_sets_the_template_and_a_pad(monkeypatch, tok):
     """A base without a pad token gets EOS as pad; format's template replaces its own."""
-    from smolforge import basemodel
+    from smolforge.core import pretrained
 
     def load_tokenizer(base):
         assert base == "some/base"
         return tokenizer.to_hf(tok, "{{ 'own' }}", tokenizer.Specials(pad=None))
 
-    monkeypatch.setattr(basemodel, "load_tokenizer", load_tokenizer)
-    built = tokenizer.build("base", [], chat.template("plain"), tokenizer.Specials(), base="some/base")
-    assert built.hf.pad_token == chat.EOS and built.hf.chat_template == chat.template("plain")
+    monkeypatch.setattr(pretrained, "load_tokenizer", load_tokenizer)
+    built = tokenizer.build("base", [], styles.template("plain"), tokenizer.Specials(), base="some/base")
+    assert built.hf.pad_token == styles.EOS and built.hf.chat_template == styles.template("plain")
     assert built.files == {}
     kept = tokenizer.build("base", [], None, tokenizer.Specials(), base="some/base").hf
     assert kept.chat_template == "{{ 'own' }}"

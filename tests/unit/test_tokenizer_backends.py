@@ -3,7 +3,7 @@
 For each backend the same examples (chat-rendered with special tokens, digits, unicode,
 newlines, runs of spaces) must give the same ids (a) segment by segment as pretokenize
 does, (b) as a whole text by the tokenizer reloaded from its saved HF folder and (c) by
-llama.cpp reading the GGUF vocabulary that smolforge.gguf_vocab writes. Each backend is
+llama.cpp reading the GGUF vocabulary that smolforge.gguf.vocab writes. Each backend is
 also checked against its own reference (sentencepiece, tiktoken, the base model's GGUF).
 """
 
@@ -18,14 +18,12 @@ import gguf
 import numpy as np
 import pytest
 
-from smolforge import chat, gguf_vocab, tokenizer, tokens
-from smolforge.cli import StageError
-from stages import pretokenize
-
-pytest.importorskip("llama_cpp")
+from smolforge.core import encode, styles, tokenizer, tokens
+from smolforge.core.cli import StageError
+from smolforge.gguf import vocab
 
 SPECIALS = tokenizer.Specials()  # <s> </s> <pad>: what format's plain style renders
-TEMPLATE = chat.template("plain")
+TEMPLATE = styles.template("plain")
 WORDS = "the a cat dog sat on mat we'll it's don't run jump café über naïve 日本 quick brown fox".split()
 
 
@@ -42,7 +40,7 @@ def corpus(n: int = 300, seed: int = 0) -> list[str]:
     texts = []
     for _ in range(n):
         msgs = [{"role": "user", "content": sentence()}, {"role": "assistant", "content": sentence()}]
-        texts.append("".join(t for t, _ in chat.render(msgs, "plain")))
+        texts.append("".join(t for t, _ in styles.render(msgs, "plain")))
     return texts
 
 
@@ -89,7 +87,7 @@ def without_specials(text: str) -> str:
 def vocab_gguf(path: Path, hf_tokenizer, **kwargs) -> Path:
     """A GGUF file holding only the vocabulary: llama.cpp's vocab_only load reads nothing else."""
     w = gguf.GGUFWriter(path, "llama")
-    gguf_vocab.add_vocab(w, hf_tokenizer, **kwargs)
+    vocab.add_vocab(w, hf_tokenizer, **kwargs)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -155,7 +153,7 @@ def case(request, tmp_path_factory):
 def test_same_ids_segment_wise_reloaded_and_in_llama_cpp(case):
     for segments in case.examples:
         text = "".join(t for t, _ in segments)
-        (ids, mask), *_ = pretokenize.encode(case.built.hf, [segments])
+        (ids, mask), *_ = encode.encode(case.built.hf, [segments])
         assert len(mask) == len(ids)
         assert case.reloaded(text, add_special_tokens=False).input_ids == ids, text
         assert llama_ids(case.llm, text) == ids, text
@@ -195,7 +193,7 @@ def test_each_backend_matches_its_reference(case):
             plain = without_specials(text)
             assert enc.encode(plain, allowed_special="all") == hf(plain, add_special_tokens=False).input_ids
     elif case.name == "base":
-        from smolforge.llama_server import smollm2_gguf
+        from smolforge.llm.server import smollm2_gguf
 
         original = llama(smollm2_gguf())  # the base model's own GGUF vocabulary (pre "smollm")
         try:
@@ -304,7 +302,7 @@ def test_tiktoken_needs_uint32_and_keeps_its_ids(tmp_path):
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (100277, 100278, 100278)  # pad = EOS
     assert tokens.token_dtype(n) == np.uint32
     segments = plain_examples(SPECIALS.bos, SPECIALS.eos)
-    examples = pretokenize.encode(hf, segments)
+    examples = encode.encode(hf, segments)
     assert max(max(ids) for ids, _ in examples) > 2**16
     counts = tokens.write_split(tmp_path, "val", examples, tokens.token_dtype(n))
     split = tokens.read_split(tmp_path, "val", {"dtype": "uint32", "vocab_size": n})
@@ -341,17 +339,15 @@ def test_gguf_vocab_refuses_shapes_llama_cpp_reads_differently():
     raw = Tokenizer(models.BPE({"a": 0, "<0x61>": 1}, [], byte_fallback=True))
     raw.normalizer = normalizers.NFKC()
     w = gguf.GGUFWriter(None, "llama")
-    with pytest.raises(gguf_vocab.VocabError, match="no llama.cpp equivalent"):
-        gguf_vocab.add_vocab(w, PreTrainedTokenizerFast(tokenizer_object=raw))
-    with pytest.raises(gguf_vocab.VocabError, match="beyond the model's 1 rows"):
-        gguf_vocab.add_vocab(
-            w, tokenizer.to_hf(tokenizer.train_byte_bpe(corpus(5), 300), TEMPLATE), n_vocab=1
-        )
+    with pytest.raises(vocab.VocabError, match="no llama.cpp equivalent"):
+        vocab.add_vocab(w, PreTrainedTokenizerFast(tokenizer_object=raw))
+    with pytest.raises(vocab.VocabError, match="beyond the model's 1 rows"):
+        vocab.add_vocab(w, tokenizer.to_hf(tokenizer.train_byte_bpe(corpus(5), 300), TEMPLATE), n_vocab=1)
 
 
 def test_batch_ids_are_the_hf_calls_ids(case):
     texts = [t for ex in case.examples for t, _ in ex]
     texts += texts[:3] + ["", "<s><s>", "  two  spaces \n\n"]  # repeats, empty, specials, whitespace
     want = case.built.hf(texts, add_special_tokens=False)["input_ids"]
-    assert pretokenize.batch_ids(case.built.hf, texts) == want
-    assert pretokenize.batch_ids(case.reloaded, texts) == want
+    assert encode.batch_ids(case.built.hf, texts) == want
+    assert encode.batch_ids(case.reloaded, texts) == want

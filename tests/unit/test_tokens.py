@@ -1,4 +1,4 @@
-"""smolforge.tokens: flat token files written and read back, dtype choice, and refusal of damaged files."""
+"""smolforge.core.tokens: flat token files written and read back, dtype choice, and refusal of damaged files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from smolforge.cli import StageError
-from smolforge.tokens import read_split, token_dtype, write_split
+from smolforge.core.cli import StageError
+from smolforge.core.tokens import read_split, token_dtype, write_split
 
 EXAMPLES = [
     ([5, 6, 7], [0, 1, 1]),

@@ -1,0 +1,112 @@
+"""Measuring a chat finetune against its base on the same held-out data and prompts.
+
+Both models are scored on the very same validation tokens (pretokenize's val split, the
+target tokens only, as in training) and answer the same fixed prompts, built with the
+chat template the finetune was trained with. One model is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smolforge.chat.talk import cut_at_stop
+from smolforge.core import hf, pretrained, styles, tokenizer, validation
+from smolforge.core.card import Task
+from smolforge.core.decode import greedy
+
+
+@dataclass
+class Row:
+    finetune: float  # mean target loss of one validation example
+    base: float | None
+    targets: int
+
+
+@dataclass
+class Result:
+    per_example: list[Row] = field(default_factory=list)
+    answers: list[dict] = field(default_factory=list)  # {"prompt", "finetune", "base"}
+    sums: dict = field(default_factory=dict)  # model -> (summed loss, targets)
+
+
+def _score_and_answer(model, tok, val, p, prompt_ids, stops):
+    losses = validation.example_losses(model, val, p.batch_size, tok.pad_token_id)
+    outs = greedy(
+        model,
+        prompt_ids,
+        [p.max_new_tokens] * len(prompt_ids),
+        tok.pad_token_id,
+        tok.eos_token_id,
+        p.batch_size,
+    )
+    answers = [cut_at_stop(tok.decode(ids, skip_special_tokens=True), stops) for ids, _ in outs]
+    return losses, answers
+
+
+def measure(hf_dir: Path, base: str | None, val, p, task: Task) -> Result:
+    import torch
+
+    torch.set_num_threads(p.threads)
+    hf.quiet_loading()
+    tok = tokenizer.load(hf_dir)
+    system = task.system
+    prompts = [
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
+        for q in p.prompts
+    ]
+    texts = [
+        styles.render_text(tok.chat_template, m, tok.bos_token or "", tok.eos_token or "", True)
+        for m in prompts
+    ]
+    prompt_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    stops = list(task.stop)
+
+    model = hf.load_trained(hf_dir)
+    ft_losses, ft_answers = _score_and_answer(model, tok, val, p, prompt_ids, stops)
+    del model
+    base_losses, base_answers = [None] * len(ft_losses), [None] * len(ft_answers)
+    if base is not None:
+        model = pretrained.load_model(base, "float32")
+        base_losses, base_answers = _score_and_answer(model, tok, val, p, prompt_ids, stops)
+        del model
+
+    result = Result()
+    for (ls, n), b in zip(ft_losses, base_losses):
+        result.per_example.append(Row(ls / max(n, 1), None if b is None else b[0] / max(b[1], 1), n))
+    result.sums["finetune"] = (sum(s for s, _ in ft_losses), sum(n for _, n in ft_losses))
+    if base is not None:
+        result.sums["base"] = (sum(s for s, _ in base_losses), sum(n for _, n in base_losses))
+    for q, a, b in zip(p.prompts, ft_answers, base_answers):
+        result.answers.append({"prompt": q, "finetune": a, "base": b})
+    return result
+
+
+def summary(result: Result) -> dict:
+    """Metrics for `dvc metrics diff`: losses, perplexities and their change."""
+    total, n = result.sums["finetune"]
+    out = {
+        "val_loss": round(total / n, 6),
+        "val_perplexity": round(math.exp(total / n), 4),
+        "val_targets": n,
+        "val_examples": len(result.per_example),
+        "prompts": len(result.answers),
+    }
+    if "base" in result.sums:
+        b_total, b_n = result.sums["base"]
+        out["base_val_loss"] = round(b_total / b_n, 6)
+        out["base_val_perplexity"] = round(math.exp(b_total / b_n), 4)
+        out["val_loss_change"] = round(total / n - b_total / b_n, 6)
+    return out
+
+
+def answers_table(answers: list[dict]) -> str:
+    """A Markdown table: prompt | finetune | base (newlines and pipes escaped)."""
+
+    def cell(text: str | None) -> str:
+        return "-" if text is None else text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| prompt | finetune | base |", "|---|---|---|"]
+    lines += [f"| {cell(a['prompt'])} | {cell(a['finetune'])} | {cell(a['base'])} |" for a in answers]
+    return "\n".join(lines) + "\n"

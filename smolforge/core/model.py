@@ -1,0 +1,68 @@
+"""The from-scratch model: a Llama built with transformers, so HF, peft and llama.cpp's
+tooling all know it. Submodule names are HF Llama's (`model.layers.N.self_attn.q_proj`),
+which `smolforge.gguf.export` maps to llama.cpp's names with a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """Architecture params of a scratch Llama (one `train.<model>` subsection part)."""
+
+    dim: int  # hidden size C
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int  # grouped-query attention when < n_heads
+    ffn_dim: int  # SwiGLU intermediate size
+    max_seq_len: int  # longest sequence the model is configured for (RoPE, no table)
+    rope_theta: float
+
+    def check(self) -> list[str]:
+        errors = []
+        if self.dim % self.n_heads:
+            errors.append(f"dim: {self.dim} is not divisible by n_heads {self.n_heads}")
+        elif (self.dim // self.n_heads) % 2:
+            errors.append("dim / n_heads must be even (rotary embedding pairs)")
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            errors.append(f"n_kv_heads: {self.n_kv_heads} must divide n_heads {self.n_heads}")
+        return errors
+
+
+def llama_config(shape: LlamaShape, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+    """A `transformers.LlamaConfig` for `shape` and a tokenizer's vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.dim,
+        intermediate_size=shape.ffn_dim,
+        num_hidden_layers=shape.n_layers,
+        num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_kv_heads,
+        max_position_embeddings=shape.max_seq_len,
+        rope_theta=shape.rope_theta,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        attention_bias=False,
+        mlp_bias=False,
+    )
+
+
+def build(config, seed: int):
+    """A freshly initialised LlamaForCausalLM; the init depends only on `seed`."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def n_params(model) -> int:
+    """Parameter count, tied embeddings counted once."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,93 @@
+"""Flat token files: the contract between `pretokenize` and `train` / `evaluate`.
+
+A split `name` in a folder is three files plus the folder's `meta.json`:
+
+    name.bin   all examples' tokens back to back, uint16 (uint32 if the vocab needs it)
+    name.idx   int64 offsets, n_examples + 1 of them; example i is bin[idx[i]:idx[i+1]]
+    name.mask  uint8 per token, 1 where the token is a training target
+
+numpy only, so text stages can read them without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from smolforge.core.cli import StageError, produced_by
+
+FORMAT_VERSION = 2  # 2: meta.json "task" is format's whole task record (smolforge.core.card.Task)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def write_split(folder: Path, name: str, examples: list[tuple[list[int], list[int]]], dtype) -> dict:
+    """Write (token ids, loss mask) pairs as one split; returns its counts."""
+    from smolforge.core.io import atomic_file
+
+    lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
+    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.fromiter(chain.from_iterable(ids for ids, _ in examples), dtype=dtype, count=offsets[-1])
+    mask = np.fromiter(chain.from_iterable(ms for _, ms in examples), dtype=np.uint8, count=offsets[-1])
+    for suffix, arr in (("bin", tokens), ("idx", offsets), ("mask", mask)):
+        with atomic_file(folder / f"{name}.{suffix}", "wb") as f:
+            f.write(arr.tobytes())
+    return {
+        "n_examples": len(examples),
+        "n_tokens": int(offsets[-1]),
+        "n_loss_tokens": int(mask.sum()),
+        "max_example_tokens": int(lengths.max()) if len(lengths) else 0,
+    }
+
+
+@dataclass
+class TokenSplit:
+    """A split read back: tokens, offsets and mask as numpy arrays (memory-mapped)."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.tokens[a:b], self.mask[a:b]
+
+
+def read_split(folder: Path, name: str, meta: dict) -> TokenSplit:
+    """Open a split and check that its three files agree with each other and `meta`."""
+    where = produced_by("pretokenize")
+    paths = {s: Path(folder) / f"{name}.{s}" for s in ("bin", "idx", "mask")}
+    for p in paths.values():
+        if not p.is_file():
+            raise StageError(f"{p}: file not found {where}")
+    dtype = np.dtype(meta["dtype"])
+    if paths["bin"].stat().st_size % dtype.itemsize:
+        raise StageError(f"{paths['bin']}: size is not a whole number of {dtype.name} tokens {where}")
+    if paths["idx"].stat().st_size % 8:
+        raise StageError(f"{paths['idx']}: size is not a whole number of int64 offsets {where}")
+    tokens = (
+        np.memmap(paths["bin"], dtype=dtype, mode="r") if paths["bin"].stat().st_size else np.zeros(0, dtype)
+    )
+    offsets = np.fromfile(paths["idx"], dtype=np.int64)
+    mask = np.fromfile(paths["mask"], dtype=np.uint8)
+    ok = (
+        len(offsets) >= 1
+        and offsets[0] == 0
+        and offsets[-1] == len(tokens) == len(mask)
+        and bool(np.all(np.diff(offsets) >= 0))
+    )
+    if not ok:
+        raise StageError(f"{folder}/{name}.*: token, offset and mask files disagree (truncated?) {where}")
+    if len(tokens) and int(tokens.max()) >= meta["vocab_size"]:
+        raise StageError(f"{paths['bin']}: token id beyond vocab_size {meta['vocab_size']} {where}")
+    return TokenSplit(tokens, offsets, mask)

@@ -1,0 +1,19 @@
+"""init: scratch — a fresh Llama of shape `train.<model>.model` (smolforge.core.model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smolforge.core import model as model_lib
+from smolforge.core.train import TrainParams
+
+
+def build(p: TrainParams, meta: dict, tokens_dir: Path, longest: int, rank: int):
+    """A Llama with the token files' vocabulary and special ids, its weights drawn from `p.seed`
+    (the same on every rank: DDP starts from one model)."""
+    ids = meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"]
+    return model_lib.build(model_lib.llama_config(p.model, *ids), p.seed)
+
+
+def save(model, folder: Path) -> None:
+    model.save_pretrained(folder)
