@@ -3,6 +3,7 @@
     python -m bench                 # everything (about 5-6 minutes on 2 cores)
     python -m bench --quick         # fewer rounds, smaller workloads (about 2-3 minutes)
     python -m bench --only trainer,decode
+    python -m bench --only chatstep,scratch   # the chat finetune's step; the scratch Llama vs a GPT
     python -m bench --repo .        # time the no-op dvc repro in a built workspace
 
 Writes the table as JSON to bench/results.json (docs/performance.md cites it) unless --out says
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from bench.common import OtherLoad, Row, machine
 
-NAMES = ("matmul", "trainer", "decode", "pretokenize", "synthesize", "dvc")
+NAMES = ("matmul", "trainer", "scratch", "chatstep", "decode", "pretokenize", "synthesize", "dvc")
 
 
 def table(rows: list[Row]) -> str:
@@ -44,6 +45,14 @@ def run_one(name: str, args: argparse.Namespace) -> list[Row]:
         from bench import trainer
 
         return trainer.run(args.quick, args.tokens)
+    if name == "scratch":
+        from bench import scratch
+
+        return scratch.run(args.quick)
+    if name == "chatstep":
+        from bench import chatstep
+
+        return chatstep.run(args.quick)
     if name == "decode":
         from bench import decode
 

@@ -9,13 +9,15 @@ the model card smolforge.json; written by stage train) and TOKENS/{meta.json,val
                           tokenizer and chat template inside
     Modelfile             Ollama: FROM ./model-<modelfile.file_type>.gguf, the chat
                           template as a Go template, stop words, persona, sampling
+    parity.json           per file type: max_abs_logit_diff and top1_agreement (llama.cpp
+                          vs HF on the first parity_examples validation examples),
+                          perplexity and hf_perplexity (on those examples' trained tokens),
+                          tokenizer_match (share of their texts tokenized identically),
+                          bytes, quantized_tensors, kept_tensors; q8_0_vs_f16_ppl_ratio
 
-and METRICS, per file type: max_abs_logit_diff and top1_agreement (llama.cpp vs HF on
-the first parity_examples validation examples), perplexity and hf_perplexity (llama.cpp's
-and HF's on those examples' trained tokens), tokenizer_match (share of those examples'
-texts tokenized identically), bytes, quantized_tensors, kept_tensors; and
-q8_0_vs_f16_ppl_ratio when both are exported (see smolforge/gguf/convert.py). When a
-figure misses its convert.<model>.gate threshold the stage fails (exit 2) and writes nothing.
+and METRICS, the headline: top1_agreement per file type and q8_0_vs_f16_ppl_ratio,
+rounded (smolforge/gguf/convert.py). When a figure misses its convert.<model>.gate
+threshold the stage fails (exit 2) and writes nothing.
 
 Run by hand:
     python -m stages.convert --model nets --hf models/nets/hf \
@@ -34,7 +36,7 @@ from smolforge.core.io import atomic_dir, write_json
 from smolforge.core.log import setup
 from smolforge.core.params import load_params
 from smolforge.gguf import export, modelfile, parity
-from smolforge.gguf.convert import ConvertParams, check_hf_dir, export_and_compare, parity_examples
+from smolforge.gguf.convert import ConvertParams, check_hf_dir, export_and_compare, headline, parity_examples
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             mf.temperature, mf.num_ctx, name=args.model,
         )  # fmt: skip
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
-    write_json(args.metrics, metrics)
+        write_json(tmp / "parity.json", metrics)
+    write_json(args.metrics, headline(metrics))
 
 
 if __name__ == "__main__":

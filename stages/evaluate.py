@@ -9,19 +9,20 @@ that does the work:
     chat  validation loss of the finetune and of its base on the same held-out tokens,
           and both models' answers to a fixed prompt set (smolforge/chat/evaluate.py)
 
-Writes METRICS (JSON), PLOT (CSV: accuracy by length, or loss per example) and OUT/
-(nets: predictions.jsonl with every net, the model's lines and the verdict; chat:
+Writes LIVE/, a dvclive folder (smolforge/core/live.py): metrics.json with the headline
+figures (about 10, what `dvc metrics diff` and `dvc exp show` compare) and
+plots/custom/<table>.json (nets: accuracy_by_length; chat: val_loss_per_example), and
+OUT/ with the rest (nets: details.json, every set by length and the failures by kind, and
+predictions.jsonl with every net, the model's lines and the verdict; chat: details.json,
 answers.jsonl and answers.md).
 
 Run by hand:
     python -m stages.evaluate --model nets --hf models/nets/hf --in data/generate \
-        --metrics metrics/evaluate/nets.json --plot metrics/evaluate/nets_by_length.csv \
-        --out data/evaluate/nets
+        --live metrics/evaluate/nets --out data/evaluate/nets
     python -m stages.evaluate --model nets --hf models/nets/hf --in my_nets.jsonl \
-        --metrics /tmp/my_metrics.json --plot /tmp/my_by_length.csv --out /tmp/my_eval
+        --live /tmp/my_live --out /tmp/my_eval
     python -m stages.evaluate --model chat --hf models/chat/hf --in data/pretokenize/chat \
-        --metrics metrics/evaluate/chat.json --plot metrics/evaluate/chat_val_loss.csv \
-        --out data/evaluate/chat
+        --live metrics/evaluate/chat --out data/evaluate/chat
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import argparse
 import importlib
 from pathlib import Path
 
+from smolforge.core import live
 from smolforge.core.card import read_card
 from smolforge.core.cli import StageError, produced_by, run
-from smolforge.core.io import atomic_dir, atomic_file, write_json, write_jsonl
+from smolforge.core.io import atomic_dir, write_json, write_jsonl
 from smolforge.core.log import setup
 from smolforge.core.params import load_params
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="which params subsection: evaluate.<model>")
     ap.add_argument("--hf", type=Path, required=True)
     ap.add_argument("--in", dest="src", type=Path, required=True, help="the sets (see above)")
-    for name in ("metrics", "plot", "out"):
+    for name in ("live", "out"):
         ap.add_argument(f"--{name}", type=Path, required=True)
     args = ap.parse_args(argv)
     log = setup("evaluate")
@@ -61,16 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     # ---- measure
     done = track.evaluate(args.src, args.hf, card, p, log)
 
-    # ---- write
-    write_json(args.metrics, done.metrics)
-    with atomic_file(args.plot) as f:
-        f.write("\n".join([done.plot_header, *done.plot_rows]) + "\n")
+    # ---- write: the plain outputs, then the live folder (headline figures and tables)
     with atomic_dir(args.out) as tmp:
         for name, content in done.files.items():
             if isinstance(content, str):
                 (tmp / name).write_text(content, encoding="utf-8")
+            elif isinstance(content, dict):
+                write_json(tmp / name, content)
             else:
                 write_jsonl(tmp / name, content)
+    live.write(args.live, {}, done.metrics, done.tables)
     log.info("%s", done.summary)
 
 

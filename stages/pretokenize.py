@@ -4,9 +4,10 @@ Reads format's OUT (train.jsonl, val.jsonl, meta.json) and writes OUT/:
 
     tokenizer/            HF tokenizer files with the chat template inside (sentencepiece
                           also leaves its tokenizer.model there)
-    {train,val}.{bin,idx,mask}   see smolforge/core/tokens.py
-    meta.json             backend, vocab size, dtype, token counts, tokenizer hash, and
-                          format's task record, passed on unchanged (smolforge/core/card.py)
+    {train,val}.{bin,idx,mask,bytes}   see smolforge/core/tokens.py
+    meta.json             backend, vocab size, dtype, token counts, tokenizer hash, each
+                          validation example's source (val_sources), and format's task
+                          record, passed on unchanged (smolforge/core/card.py)
 
 The tokenizer backend is `pretokenize.<model>.tokenizer` (smolforge/core/tokenizer.py):
 the base model's own, one trained on the training split only (sentencepiece, byte_bpe),
@@ -76,7 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     # ---- write
     with atomic_dir(args.out) as tmp:
         tokenizer.save(built, tmp / "tokenizer")
-        counts = {name: tokens.write_split(tmp, name, encoded[name], dtype) for name in splits}
+        counts = {
+            name: tokens.write_split(tmp, name, encoded[name], dtype, encode.target_bytes(splits[name]))
+            for name in splits
+        }
         meta = {
             "format_version": FORMAT_VERSION,
             "produced_by": "pretokenize",
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             "eos_id": hf_tok.eos_token_id,
             "pad_id": hf_tok.pad_token_id,
             "counts": counts,
+            # each validation example's source, for per-source losses and bits per byte
+            "val_sources": encode.read_sources(paths["val"], meta_count(fmeta, "val_examples")),
             "task": task.to_dict(),
         }
         write_json(tmp / "meta.json", meta)

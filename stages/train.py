@@ -9,14 +9,15 @@ Reads TOKENS (pretokenize's folder) and writes:
                     chat template, and the model card smolforge.json: smolforge/core/card.py);
                     for `lora` the merged model, and the adapter alone in OUT/adapter/
     STATE/ckpt.pt   resumable state (a rerun after a crash continues from it)
-    METRICS         final figures; TIMING: speed figures (kept apart: they vary by run)
-    TRAIN_CURVE, VAL_CURVE   loss tables for `dvc plots`
+    LIVE/           dvclive's folder (smolforge/core/live.py): metrics.json, the headline
+                    figures, updated while the run trains (`dvc exp show` reads it), and
+                    plots/metrics/{train_loss,lr,val_loss}.tsv, the step series `dvc plots` draws
+    TIMING          speed figures (kept apart: they vary by run)
 
 Run by hand:
     python -m stages.train --model nets --tokens data/pretokenize/nets \
-        --out models/nets/hf --state models/nets/state --metrics metrics/train/nets.json \
-        --timing metrics/train/nets_timing.json \
-        --train-curve metrics/train/nets_train_loss.csv --val-curve metrics/train/nets_val_loss.csv
+        --out models/nets/hf --state models/nets/state --live metrics/train/nets \
+        --timing metrics/train/nets_timing.json
 
 On N GPUs (or N CPU processes): set `processes: N` and the stage runs itself under
 torchrun, or run torchrun by hand (DDP, see smolforge/core/trainloop.py; `batch_size` stays
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from smolforge.core import card, checkpoint, tokenizer, tokens, trainloop
+from smolforge.core import card, checkpoint, live, tokenizer, tokens, trainloop
 from smolforge.core import model as model_lib
 from smolforge.core import train as training
 from smolforge.core.cli import StageError, produced_by, run
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", required=True, help="which params subsection: train.<model>")
-    for name in ("tokens", "out", "state", "metrics", "timing", "train-curve", "val-curve"):
+    for name in ("tokens", "out", "state", "live", "timing"):
         ap.add_argument(f"--{name}", type=Path, required=True)
     args = ap.parse_args(argv)
     log = setup("train")
@@ -105,8 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     fp = checkpoint.fingerprint(dataclasses.asdict(p), token_files)
     job = training.Job(p, model, opt, d, train_split, val_split, meta["pad_id"], args.state, fp)
 
-    # ---- resume from a checkpoint of this same run, if one exists; train
+    # ---- resume from a checkpoint of this same run, if one exists; the live folder restarts
+    # from the checkpoint's own history, so its step series goes on with no step twice
     progress = training.start(job)
+    if d.main:
+        training.write_live(args.live, progress)
+        job.live = live.open_live(args.live, resume=True)
     n_params = model_lib.n_params(model)
     n_trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
     log.info(
@@ -118,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     training.fit(job, progress)
 
-    # ---- write the HF directory with its model card, metrics and curves (rank 0 alone)
+    # ---- write the HF directory with its model card, the live folder and timing (rank 0 alone)
     if not d.main:
         return
+    job.live.end()
     with atomic_dir(args.out) as tmp:
         model.generation_config.pad_token_id = meta["pad_id"]
         init.save(model, tmp)
@@ -135,10 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             train_params=dataclasses.asdict(p),
         )
         card.write_card(tmp, model_card)
-    write_json(args.metrics, training.metrics(progress, p.init, n_params, n_trainable))
+    training.write_live(args.live, progress, training.metrics(progress, job, n_params, n_trainable))
     write_json(args.timing, training.timing(progress, p, d))
-    training.write_curve(args.train_curve, "step,train_loss,lr", progress.history["train"])
-    training.write_curve(args.val_curve, "step,val_loss", progress.history["val"])
     final_val = progress.history["val"][-1][1]
     log.info(
         "done: %d steps, %s tokens, val loss %.4f", progress.step, f"{progress.tokens_seen:,}", final_val

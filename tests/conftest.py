@@ -117,14 +117,10 @@ def train_argv(params: Path, paths: dict, m: Path) -> list[str]:
         str(paths["hf"]),
         "--state",
         str(paths["state"]),
-        "--metrics",
-        str(m / "train.json"),
+        "--live",
+        str(m / "train"),
         "--timing",
         str(m / "train_timing.json"),
-        "--train-curve",
-        str(m / "train_loss.csv"),
-        "--val-curve",
-        str(m / "val_loss.csv"),
     ]
 
 

@@ -17,3 +17,14 @@ def test_quick_pretokenize_benchmark_writes_its_rows(tmp_path):
     main(["--quick", "--only", "pretokenize", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(r["ratio"] > 0 and r["name"].startswith("pretokenize") for r in rows)
+
+
+def test_quick_scratch_benchmark_compares_models_of_equal_size(tmp_path):
+    from bench.__main__ import main
+
+    out = tmp_path / "results.json"
+    main(["--quick", "--only", "scratch", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["name"].startswith("scratch Llama vs nanoGPT-shaped GPT") and row["ratio"] > 0
+    llama, gpt = row["note"].split("params ")[1].split(" (Llama) vs ")
+    assert llama == gpt.split(" ")[0]  # the comparison is at the same parameter count

@@ -12,7 +12,9 @@ from smolforge.dev.sandbox import new_repo, sh
 
 NETS = {"generate", "format@nets", "evaluate@nets"}
 PER_MODEL = ("format", "pretokenize", "train", "convert", "evaluate")
-EVERY = {"generate", "scrape", "synthesize"} | {f"{s}@{m}" for s in PER_MODEL for m in ("nets", "chat")}
+EVERY = {"generate", "scrape", "synthesize", "report"} | {
+    f"{s}@{m}" for s in PER_MODEL for m in ("nets", "chat")
+}
 # one file of each package -> the stages whose code changes with it
 EXPECTED = {
     "smolforge/core/io.py": EVERY,
@@ -23,6 +25,7 @@ EXPECTED = {
     "smolforge/gguf/export.py": {"convert@nets", "convert@chat"},
     "smolforge/inits/scratch.py": {"train@nets"},
     "smolforge/inits/lora.py": {"train@chat"},
+    "smolforge/report/card.py": {"report"},
     "smolforge/dev/sandbox.py": set(),
 }
 

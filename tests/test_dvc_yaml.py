@@ -11,13 +11,27 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["generate", "scrape", "synthesize", "format", "pretokenize", "train", "convert", "evaluate"]
+STAGES = [
+    "generate",
+    "scrape",
+    "synthesize",
+    "format",
+    "pretokenize",
+    "train",
+    "convert",
+    "evaluate",
+    "report",
+]
+PER_MODEL = STAGES[3:8]
 MODELS = ["nets", "chat"]
 # written by a stage on purpose without being a DVC output (see the comments in dvc.yaml)
 UNDECLARED = {
     "train": {"--state", "--timing"},
     "scrape": {"--cache", "--timing"},
     "synthesize": {"--cache", "--timing"},
+    # REPORT.md and report/ are git-tracked, not outputs; it reads the folders' files, which
+    # its deps list one by one (the timing files in them on purpose not)
+    "report": {"--metrics", "--evaluated", "--out", "--plots"},
 }
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -92,9 +106,11 @@ def dispatched(base: str, model: str | None) -> list[str]:
     return []
 
 
-def test_the_eight_stages_in_order_one_instance_per_model():
+def test_the_nine_stages_in_order_one_instance_per_model():
     assert list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) == STAGES
-    expected = {"generate", "scrape", "synthesize"} | {f"{s}@{m}" for s in STAGES[3:] for m in MODELS}
+    expected = {"generate", "scrape", "synthesize", "report"} | {
+        f"{s}@{m}" for s in PER_MODEL for m in MODELS
+    }
     assert set(RESOLVED) == expected
 
 
@@ -120,7 +136,9 @@ def test_every_path_on_the_command_line_is_declared():
         flags = [(f, v) for f, v in zip(args, args[1:]) if f.startswith("--") and f != "--model"]
         assert flags, name
         for flag, value in flags:
-            if flag not in UNDECLARED.get(base, set()):
+            if flag == "--live":  # a dvclive folder: declared as its two parts, no overlap
+                assert {f"{value}/metrics.json", f"{value}/plots"} <= declared, name
+            elif flag not in UNDECLARED.get(base, set()):
                 assert value in declared, f"{name}: {flag} {value} is not in deps/outs/metrics/plots"
 
 
@@ -149,6 +167,8 @@ def test_a_track_never_depends_on_the_other():
             }, name
         if name.endswith("@chat") or name in ("scrape", "synthesize"):
             assert "smolforge/nets" not in code, name
+        if name == "report":  # it reads files; it runs no track's code
+            assert code == {"smolforge/__init__.py", "smolforge/core", "smolforge/report"}, name
 
 
 def test_no_library_module_imports_a_stage_and_core_imports_no_track():
@@ -164,7 +184,7 @@ def test_no_library_module_imports_a_stage_and_core_imports_no_track():
             ], rel
 
 
-@pytest.mark.parametrize("section", [s for s in STAGES[3:]])
+@pytest.mark.parametrize("section", PER_MODEL)
 def test_tiny_params_have_the_same_keys(section):
     tiny = yaml.safe_load((ROOT / "tests/fixtures/params.tiny.yaml").read_text())
     for model in MODELS:

@@ -22,4 +22,8 @@ if [ ! -d .git ]; then
     echo "install.sh: $(pwd) is not a git checkout; clone the repository instead of copying it" >&2
     exit 2
 fi
+# the page template that .dvc/config names for `dvc plots show` / `dvc plots diff`: vega,
+# vega-lite and vega-embed inlined from the pinned vl-convert-python wheel, so plots draw
+# offline (generated, git-ignored: 0.9 MB of JavaScript is not committed)
+.venv/bin/python -m smolforge.dev.plots_page .dvc/plots.html
 echo "install.sh: ready (.venv); activate with: . .venv/bin/activate"

@@ -2,8 +2,10 @@
 
 Validation loss of the finetune and of its base on pretokenize's val split (target
 tokens only, as in training), and both models' answers to a fixed prompt set
-(smolforge.chat.evaluation). Writes the per-example losses as the plot and the answers
-as OUT/answers.jsonl and OUT/answers.md (a readable table).
+(smolforge.chat.evaluation). The flat figures of its summary are the headline metrics
+(rounded); nested ones (per source) go to OUT/details.json with the rest. Writes the
+per-example losses as a table for `dvc plots` and the answers as OUT/answers.jsonl and
+OUT/answers.md (a readable table).
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from smolforge.chat import evaluation
 from smolforge.core import tokens
 from smolforge.core.card import ModelCard
 from smolforge.core.cli import StageError, produced_by
-from smolforge.core.evaluation import Evaluation
+from smolforge.core.evaluation import Evaluation, rounded
 from smolforge.core.io import read_meta
+
+# flat figures of the summary that stay out of the headline (about 10 figures): counts that
+# only change with the data, not with the model; they are in OUT/details.json
+DETAIL_ONLY = ("val_examples", "prompts")
 
 
 @dataclass(frozen=True)
@@ -44,18 +50,26 @@ def read_val(src: Path, card: ModelCard):
     val = tokens.read_split(src, "val", meta)
     if len(val) == 0:
         raise StageError(f"{src}/val.idx: no validation examples {produced_by('pretokenize')}")
-    return val
+    return val, meta.get("val_sources")
+
+
+def g6(v: float | None) -> float | None:
+    """A loss to 6 significant digits (None: no base model)."""
+    return None if v is None else float(f"{v:.6g}")
 
 
 def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log) -> Evaluation:
     """Measure the finetune, then its base, one model in memory at a time."""
-    val = read_val(src, card)
+    val, sources = read_val(src, card)
     base = card.base if card.init in ("lora", "full") else None
     t0 = time.perf_counter()
-    result = evaluation.measure(hf_dir, base, val, p, card.task)
-    metrics = evaluation.summary(result)
-    plot_rows = [
-        f"{i},{'' if row.base is None else f'{row.base:.6g}'},{row.finetune:.6g},{row.targets}"
+    result = evaluation.measure(hf_dir, base, val, p, card.task, sources=sources)
+    details = evaluation.summary(result) | {"per_source": evaluation.per_source(result)}
+    metrics = rounded(
+        {k: v for k, v in details.items() if not isinstance(v, (dict, list)) and k not in DETAIL_ONLY}
+    )
+    table = [
+        {"example": i, "base_loss": g6(row.base), "finetune_loss": g6(row.finetune), "targets": row.targets}
         for i, row in enumerate(result.per_example)
     ]
     base_loss = f"{metrics['base_val_loss']:.4f}" if base else "-"
@@ -66,8 +80,11 @@ def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log) -
     )
     return Evaluation(
         metrics,
-        "example,base_loss,finetune_loss,targets",
-        plot_rows,
-        {"answers.jsonl": result.answers, "answers.md": evaluation.answers_table(result.answers)},
+        {"val_loss_per_example": (table, "example", ["base_loss", "finetune_loss"])},
+        {
+            "details.json": details,
+            "answers.jsonl": result.answers,
+            "answers.md": evaluation.answers_table(result.answers),
+        },
         summary,
     )

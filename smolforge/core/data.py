@@ -3,6 +3,12 @@
 Each batch is `batch_size` whole examples, right-padded to the longest of them. Right
 padding needs no attention mask: under the causal mask a real token never sees the pads
 after it. Padded positions and non-target tokens get label -100 (ignored by the loss).
+
+A packed batch (`pack`) is the same examples back to back in one row of no padding, with
+positions restarting at 0 for each example and a block-diagonal causal mask, so no
+example sees another, plus the positions whose next token is a target: the model
+computes logits only there (`smolforge.core.validation.loss_sum`). Its loss equals the
+padded batch's up to float rounding (tests/unit/test_data.py).
 The example order is a permutation drawn from (seed, epoch), so the data position
 `(epoch, index)` alone resumes it exactly.
 """
@@ -25,10 +31,23 @@ class Batch:
     labels: torch.Tensor  # (B, T) int64, IGNORE where not trained on
     n_tokens: int  # real (non-pad) tokens
     n_targets: int  # tokens that count in the loss
+    # packed batches only (B = 1): None in a padded batch
+    position_ids: torch.Tensor | None = None  # (1, T) int64, restarting at 0 for each example
+    attention_mask: torch.Tensor | None = None  # (1, 1, T, T) bool, True where a query may attend
+    keep: torch.Tensor | None = None  # (K,) int64: positions whose next token is a target
 
     def to(self, device: torch.device) -> Batch:
         """The same batch on `device` (itself when it is there already)."""
-        return Batch(self.input_ids.to(device), self.labels.to(device), self.n_tokens, self.n_targets)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(
+            self.input_ids.to(device),
+            self.labels.to(device),
+            self.n_tokens,
+            self.n_targets,
+            move(self.position_ids),
+            move(self.attention_mask),
+            move(self.keep),
+        )
 
 
 def collate(split: TokenSplit, indices: list[int], pad_id: int) -> Batch:
@@ -43,6 +62,36 @@ def collate(split: TokenSplit, indices: list[int], pad_id: int) -> Batch:
     n_tokens = sum(len(t) for t, _ in examples)
     n_targets = int((labels[:, 1:] != IGNORE).sum())  # position 0 is never predicted
     return Batch(torch.from_numpy(ids), torch.from_numpy(labels), n_tokens, n_targets)
+
+
+def pack(split: TokenSplit, indices: list[int]) -> Batch:
+    """The examples `indices` of `split` back to back in one row (B = 1, T = their total
+    length): positions restart per example, the mask confines attention to each example,
+    and `keep` lists the positions whose next token is a target (an example's last token
+    predicts nothing, as in `collate`)."""
+    examples = [split.example(i) for i in indices]
+    lengths = [len(t) for t, _ in examples]
+    ids = np.concatenate([t for t, _ in examples]).astype(np.int64)
+    mask = np.concatenate([m for _, m in examples]).astype(bool)
+    starts = np.cumsum([0] + lengths[:-1])
+    first = np.zeros(len(ids), dtype=bool)  # first token of each example: never a target
+    first[starts[np.array(lengths) > 0]] = True
+    labels = np.where(mask & ~first, ids, IGNORE)
+    keep = np.flatnonzero(labels[1:] != IGNORE)  # position t predicts token t + 1
+    seg = np.repeat(np.arange(len(lengths)), lengths)
+    positions = np.arange(len(ids)) - np.repeat(starts, lengths)
+    seg_t = torch.from_numpy(seg)
+    # (T, T): causal and within one example
+    attend = (seg_t[:, None] == seg_t[None, :]) & torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+    return Batch(
+        torch.from_numpy(ids)[None],
+        torch.from_numpy(labels)[None],
+        len(ids),
+        len(keep),
+        torch.from_numpy(positions)[None],
+        attend[None, None],
+        torch.from_numpy(keep),
+    )
 
 
 def count(split: TokenSplit, indices: list[int]) -> tuple[int, int]:

@@ -32,6 +32,17 @@ def read_segments(path: Path, expected: int | None) -> list[list[tuple[str, bool
     return out
 
 
+def target_bytes(examples: list[list[tuple[str, bool]]]) -> list[int]:
+    """UTF-8 bytes of each example's target text (its segments with loss on): the
+    bits-per-byte denominator, counted from the text, whatever the tokenizer."""
+    return [sum(len(t.encode("utf-8")) for t, loss in ex if loss) for ex in examples]
+
+
+def read_sources(path: Path, expected: int | None) -> list[str]:
+    """Each record's `source` (essays, conversations, qa, ...), in order."""
+    return [str(rec.get("source", "")) for rec in read_jsonl(path, "format", expected=expected)]
+
+
 def batch_ids(hf_tok, texts: list[str]) -> list[list[int]]:
     """The ids `hf_tok(texts, add_special_tokens=False)` gives, each distinct text encoded
     once, by the Rust tokenizer itself where there is one.

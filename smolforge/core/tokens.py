@@ -5,6 +5,8 @@ A split `name` in a folder is three files plus the folder's `meta.json`:
     name.bin   all examples' tokens back to back, uint16 (uint32 if the vocab needs it)
     name.idx   int64 offsets, n_examples + 1 of them; example i is bin[idx[i]:idx[i+1]]
     name.mask  uint8 per token, 1 where the token is a training target
+    name.bytes int64 per example, UTF-8 bytes of its target text (the bits-per-byte
+               denominator; optional: splits written before it existed have none)
 
 numpy only, so text stages can read them without importing torch.
 """
@@ -27,8 +29,15 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def write_split(folder: Path, name: str, examples: list[tuple[list[int], list[int]]], dtype) -> dict:
-    """Write (token ids, loss mask) pairs as one split; returns its counts."""
+def write_split(
+    folder: Path,
+    name: str,
+    examples: list[tuple[list[int], list[int]]],
+    dtype,
+    target_bytes: list[int] | None = None,
+) -> dict:
+    """Write (token ids, loss mask) pairs as one split, with each example's target text
+    bytes when given; returns its counts."""
     from smolforge.core.io import atomic_file
 
     lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
@@ -36,7 +45,11 @@ def write_split(folder: Path, name: str, examples: list[tuple[list[int], list[in
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.fromiter(chain.from_iterable(ids for ids, _ in examples), dtype=dtype, count=offsets[-1])
     mask = np.fromiter(chain.from_iterable(ms for _, ms in examples), dtype=np.uint8, count=offsets[-1])
-    for suffix, arr in (("bin", tokens), ("idx", offsets), ("mask", mask)):
+    files = [("bin", tokens), ("idx", offsets), ("mask", mask)]
+    if target_bytes is not None:
+        assert len(target_bytes) == len(examples), "one target byte count per example"
+        files.append(("bytes", np.asarray(target_bytes, dtype=np.int64)))
+    for suffix, arr in files:
         with atomic_file(folder / f"{name}.{suffix}", "wb") as f:
             f.write(arr.tobytes())
     return {
@@ -44,6 +57,7 @@ def write_split(folder: Path, name: str, examples: list[tuple[list[int], list[in
         "n_tokens": int(offsets[-1]),
         "n_loss_tokens": int(mask.sum()),
         "max_example_tokens": int(lengths.max()) if len(lengths) else 0,
+        **({"n_target_bytes": int(sum(target_bytes))} if target_bytes is not None else {}),
     }
 
 
@@ -54,6 +68,7 @@ class TokenSplit:
     tokens: np.ndarray
     offsets: np.ndarray
     mask: np.ndarray
+    target_bytes: np.ndarray | None = None  # (n_examples,) int64; None when not stored
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -90,4 +105,12 @@ def read_split(folder: Path, name: str, meta: dict) -> TokenSplit:
         raise StageError(f"{folder}/{name}.*: token, offset and mask files disagree (truncated?) {where}")
     if len(tokens) and int(tokens.max()) >= meta["vocab_size"]:
         raise StageError(f"{paths['bin']}: token id beyond vocab_size {meta['vocab_size']} {where}")
-    return TokenSplit(tokens, offsets, mask)
+    target_bytes = None
+    bytes_path = Path(folder) / f"{name}.bytes"
+    if bytes_path.is_file():
+        target_bytes = np.fromfile(bytes_path, dtype=np.int64)
+        if len(target_bytes) != len(offsets) - 1:
+            raise StageError(
+                f"{bytes_path}: {len(target_bytes)} byte counts for {len(offsets) - 1} examples {where}"
+            )
+    return TokenSplit(tokens, offsets, mask, target_bytes)

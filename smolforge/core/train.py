@@ -17,14 +17,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from smolforge.core import checkpoint, trainloop
+from smolforge.core import checkpoint, live, trainloop, validation
 from smolforge.core.data import Sampler
-from smolforge.core.io import atomic_file
 from smolforge.core.model import LlamaShape
 from smolforge.core.tokens import TokenSplit
 
@@ -128,6 +127,7 @@ class Job:
     pad_id: int
     state_dir: Path  # where ckpt.pt lives
     fingerprint: str  # checkpoint.fingerprint of params and token files: which states are ours
+    live: Any = None  # rank 0: the dvclive Live that shows the run as it trains (smolforge.core.live)
 
 
 @dataclass
@@ -207,6 +207,7 @@ def fit(job: Job, prog: Progress) -> Progress:
     if p.init != "scratch" and not prog.history["val"]:
         # a finetune's curve starts at the base model's validation loss
         prog.history["val"].append([0, val_loss(job)])
+        log_live(job, 0, {"val_loss": prog.history["val"][0][1]})
         log.info("step 0/%d | val loss %.4f (the base model)", p.max_steps, prog.history["val"][0][1])
 
     log.info("device %s, %d process(es), %s, compile %s", d.device, d.world, p.dtype, p.compile)
@@ -229,10 +230,11 @@ def fit(job: Job, prog: Progress) -> Progress:
         last = prog.step == p.max_steps
         if prog.step % p.log_every == 0 or last:
             dt = time.perf_counter() - t_window
-            log_window(prog, lr, p.max_steps, 1000 * dt / window_steps, window_tokens / dt)
+            log_window(job, prog, lr, 1000 * dt / window_steps, window_tokens / dt)
             window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
         if prog.step % p.eval_every == 0 or last:
             prog.history["val"].append([prog.step, val_loss(job)])
+            log_live(job, prog.step, {"val_loss": prog.history["val"][-1][1]})
             log.info("step %d/%d | val loss %.4f", prog.step, p.max_steps, prog.history["val"][-1][1])
         if prog.step % p.checkpoint_every == 0 or last:
             save_state(job, prog)
@@ -240,14 +242,23 @@ def fit(job: Job, prog: Progress) -> Progress:
     return prog
 
 
-def log_window(prog: Progress, lr: float, max_steps: int, ms_per_step: float, tok_per_s: float) -> None:
-    """Close the log window: its mean loss goes to the history and the log, then it restarts."""
+def log_live(job: Job, step: int, values: dict[str, float]) -> None:
+    """Show `values` at `step` in the live folder (rank 0, when the caller opened one)."""
+    if job.live is not None:
+        live.log_step(job.live, step, values)
+
+
+def log_window(job: Job, prog: Progress, lr: float, ms_per_step: float, tok_per_s: float) -> None:
+    """Close the log window: its mean loss goes to the history, the live folder and the log,
+    then it restarts. tokens_per_s is shown live only: it varies by machine, so the finished
+    folder (`write_live`) leaves it out and the timing file holds the run's mean."""
     train_loss = prog.window_loss / max(prog.window_targets, 1)
     prog.history["train"].append([prog.step, train_loss, lr])
+    log_live(job, prog.step, {"train_loss": train_loss, "lr": lr, "tokens_per_s": round(tok_per_s)})
     log.info(
         "step %d/%d | loss %.4f | lr %.1e | %.0f ms/step | %s tok/s",
         prog.step,
-        max_steps,
+        job.p.max_steps,
         train_loss,
         lr,
         ms_per_step,
@@ -256,17 +267,54 @@ def log_window(prog: Progress, lr: float, max_steps: int, ms_per_step: float, to
     prog.window_loss, prog.window_targets = 0.0, 0
 
 
-def metrics(prog: Progress, init: str, n_params: int, n_trainable: int) -> dict:
-    """The final figures (metrics/train/<model>.json): the same for the same params and data."""
-    return {
-        "train_loss": round(prog.history["train"][-1][1], 6),
-        "val_loss": round(prog.history["val"][-1][1], 6),
-        "steps": prog.step,
+# Losses in the headline figures carry 4 decimals: the last digits of a float32 loss differ
+# between machines (summation order), and 1e-4 is below any change worth reading.
+LOSS_DECIMALS = 4
+
+
+def metrics(prog: Progress, job: Job, n_params: int, n_trainable: int) -> dict:
+    """The headline figures of metrics.json (dvclive adds `step`): the same for the same
+    params and data on any machine. Bits per byte (the validation loss over the target
+    text's UTF-8 bytes) compare models whatever their tokenizers."""
+    p = job.p
+    val_loss, base_loss = prog.history["val"][-1][1], prog.history["val"][0][1]
+    out = {
+        "train_loss": round(prog.history["train"][-1][1], LOSS_DECIMALS),
+        "val_loss": round(val_loss, LOSS_DECIMALS),
+        "val_bpb": round(validation.bpb_of_mean(val_loss, job.val, p.eval_examples), LOSS_DECIMALS),
         "tokens_seen": prog.tokens_seen,
         "n_params": n_params,
         "n_trainable": n_trainable,
-        **({"base_val_loss": round(prog.history["val"][0][1], 6)} if init != "scratch" else {}),
     }
+    if p.init != "scratch":  # a finetune's curve starts at its base model
+        out["base_val_loss"] = round(base_loss, LOSS_DECIMALS)
+        out["base_val_bpb"] = round(
+            validation.bpb_of_mean(base_loss, job.val, p.eval_examples), LOSS_DECIMALS
+        )
+    return out
+
+
+def series(history: dict[str, list]) -> dict[str, list[tuple[int, float]]]:
+    """The step series of the live folder from a run's history: train_loss and lr at each
+    log window, val_loss at each evaluation; floats to 6 significant digits."""
+
+    def g6(v: float) -> float:
+        return float(f"{v:.6g}")
+
+    return {
+        "train_loss": [(row[0], g6(row[1])) for row in history["train"]],
+        "lr": [(row[0], g6(row[2])) for row in history["train"]],
+        "val_loss": [(row[0], g6(row[1])) for row in history["val"]],
+    }
+
+
+def write_live(folder: Path, prog: Progress, summary: dict | None = None) -> None:
+    """The live folder as `prog`'s history has it, written as a whole: at the start of a run
+    (empty, or, on resume, exactly the steps of the checkpoint, so the series goes on with no
+    step twice and none missing) and at the end with the headline figures."""
+    if summary is None:  # the latest value of each series, as dvclive's own summary has it
+        summary = {name: rows[-1][1] for name, rows in series(prog.history).items() if rows}
+    live.write(folder, series(prog.history), summary)
 
 
 def timing(prog: Progress, p: TrainParams, d: trainloop.Dist) -> dict:
@@ -281,11 +329,3 @@ def timing(prog: Progress, p: TrainParams, d: trainloop.Dist) -> dict:
         "dtype": p.dtype,
         "compile": p.compile,
     }
-
-
-def write_curve(path: Path, header: str, rows: list[list]) -> None:
-    """A CSV table for `dvc plots`; floats with 6 significant digits."""
-    with atomic_file(path) as f:
-        f.write(header + "\n")
-        for row in rows:
-            f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + "\n")

@@ -24,7 +24,7 @@ import torch.distributed as torch_dist
 
 from smolforge.core import validation
 from smolforge.core.cli import StageError
-from smolforge.core.data import IGNORE, Batch, Sampler, collate, count
+from smolforge.core.data import IGNORE, Batch, Sampler, collate, count, pack
 from smolforge.core.tokens import TokenSplit
 
 
@@ -109,8 +109,14 @@ class Step:
     n_targets: int  # loss targets of the global batch, all ranks together
 
 
-def next_step(split: TokenSplit, sampler: Sampler, grad_accum: int, pad_id: int, d: Dist) -> Step:
-    """Draw `grad_accum` global batches and keep this rank's share of each."""
+def next_step(
+    split: TokenSplit, sampler: Sampler, grad_accum: int, pad_id: int, d: Dist, packed: bool = False
+) -> Step:
+    """Draw `grad_accum` global batches and keep this rank's share of each, padded
+    (`collate`) or, with `packed`, packed (`pack`: no padding, logits only at target
+    positions; the same loss up to float rounding). Train uses padded batches: on the
+    AVX2-only EPYC, packing measured 0.96x-1.55x for the chat step (docs/performance.md),
+    not a reliable gain."""
     batches, n_tokens, n_targets = [], 0, 0
     for _ in range(grad_accum):
         indices = sampler.next_indices()
@@ -118,7 +124,7 @@ def next_step(split: TokenSplit, sampler: Sampler, grad_accum: int, pad_id: int,
         n_tokens, n_targets = n_tokens + tokens, n_targets + targets
         share = indices[d.rank :: d.world]
         if share:
-            batches.append(collate(split, share, pad_id))
+            batches.append(pack(split, share) if packed else collate(split, share, pad_id))
         else:
             # the last batch of a pass can be smaller than the world: this rank still runs a
             # forward and backward (every rank must join the all-reduce), with no targets

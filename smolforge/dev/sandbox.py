@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ("data/", "models/", "metrics/", "dvc.lock")  # the committed run's products: not copied
 
 
-def env() -> dict[str, str]:
-    """The environment commands in a sandbox run with."""
+def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment commands in a sandbox run with, plus `extra`."""
     return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -31,13 +31,14 @@ def env() -> dict[str, str]:
         "GIT_AUTHOR_EMAIL": "sandbox@smolforge.invalid",
         "GIT_COMMITTER_NAME": "smolforge",
         "GIT_COMMITTER_EMAIL": "sandbox@smolforge.invalid",
+        **(extra or {}),
     }
 
 
-def sh(cwd: Path, *cmd: str, check: bool = True) -> str:
-    """Run `cmd` in `cwd`; its stdout and stderr together. A failure (with `check`) raises
-    with both, so a test or benchmark says what went wrong."""
-    res = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
+def sh(cwd: Path, *cmd: str, check: bool = True, extra_env: dict[str, str] | None = None) -> str:
+    """Run `cmd` in `cwd` (with `extra_env` added to `env()`); its stdout and stderr together.
+    A failure (with `check`) raises with both, so a test or benchmark says what went wrong."""
+    res = subprocess.run(cmd, cwd=cwd, env=env(extra_env), capture_output=True, text=True)
     if check and res.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}) in {cwd}:\n{res.stdout}\n{res.stderr}")
     return res.stdout + res.stderr
@@ -71,3 +72,19 @@ def new_repo(dst: Path, params: Path | dict | None = None) -> Path:
 def ran(output: str) -> set[str]:
     """The stages a `dvc repro` output says it ran."""
     return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def built_repo(dst: Path, params: Path | dict | None = None) -> Path:
+    """`new_repo` after a full `dvc repro`, its results committed: a finished pipeline to
+    push, clone, plot or branch from (a few minutes with the tiny params)."""
+    new_repo(dst, params)
+    sh(dst, "dvc", "repro")
+    sh(dst, "git", "add", "-A")
+    sh(dst, "git", "commit", "-qm", "run")
+    return dst
+
+
+def clone(src: Path, dst: Path) -> Path:
+    """A git clone of the sandbox `src` at `dst`: its committed files, no DVC cache or outputs."""
+    sh(src.parent, "git", "clone", "-q", str(src), str(dst))
+    return dst

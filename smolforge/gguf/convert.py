@@ -135,6 +135,20 @@ def file_metrics(report: export.ExportReport, par: parity.Parity) -> dict:
     }
 
 
+def headline(metrics: dict) -> dict:
+    """The figures convert's metrics file holds: per file type the share of positions whose
+    top token agrees with HF, and the q8_0/f16 perplexity ratio, rounded to what survives a
+    rerun on another CPU. Every figure, unrounded, goes to OUT/parity.json."""
+    out = {
+        ft: {"top1_agreement": round(m["top1_agreement"], 4)}
+        for ft, m in metrics.items()
+        if isinstance(m, dict)
+    }
+    if "q8_0_vs_f16_ppl_ratio" in metrics:
+        out["q8_0_vs_f16_ppl_ratio"] = round(metrics["q8_0_vs_f16_ppl_ratio"], 4)
+    return out
+
+
 def log_file(ft: str, report: export.ExportReport, par: parity.Parity, n_texts: int) -> None:
     kept = f" ({', '.join(report.kept)})" if report.kept else ""
     ppl = "n/a" if par.perplexity is None else f"{par.perplexity:.6g} (HF {par.hf_perplexity:.6g})"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from smolforge.core.card import ModelCard
 from smolforge.core.cli import StageError, produced_by
-from smolforge.core.evaluation import Evaluation
+from smolforge.core.evaluation import Evaluation, rounded
 from smolforge.core.io import meta_count, read_jsonl, read_meta
 from smolforge.nets import layouts, reducer
 
@@ -147,21 +147,35 @@ def prediction(name: str, item: dict, lines: list[str], v) -> dict:
     }
 
 
-def metrics_of(results: dict) -> dict:
+def details_of(results: dict) -> dict:
+    """Everything measured, by set and by length (OUT/details.json, a plain output)."""
     test_items, test_verdicts = results["test"]
-    metrics = {
-        **summarize(test_verdicts),
-        "by_length": by_length(test_items, test_verdicts),
-        "failures": dict(Counter(v.failure for v in test_verdicts if v.failure)),
+    failures = Counter(v.failure for v in test_verdicts if v.failure)
+    out = {
+        "test": summarize(test_verdicts),
+        "test_by_length": by_length(test_items, test_verdicts),
+        "failures": {kind: failures.get(kind, 0) for kind in FAILURES},
     }
-    for kind in FAILURES:
-        metrics["failures"].setdefault(kind, 0)
+    for name in ("ood", "stratified12"):
+        if name in results:
+            out[name] = summarize(results[name][1])
+            out[f"{name}_by_length"] = by_length(*results[name])
+    return out
+
+
+def metrics_of(results: dict) -> dict:
+    """The headline figures (LIVE/metrics.json): test accuracy, beyond-training lengths
+    (ood), the 12-token stratified set, and the failure count; at most 10, flat."""
+    test_verdicts = results["test"][1]
+    metrics = {**summarize(test_verdicts), "failed": sum(1 for v in test_verdicts if v.failure)}
     if "ood" in results:
-        metrics["ood"] = by_length(*results["ood"])
+        ood = summarize(results["ood"][1])
+        metrics |= {"ood_final_answer_accuracy": ood["final_answer_accuracy"], "ood_n": ood["n"]}
+        metrics["ood_valid_trace_rate"] = ood["valid_trace_rate"]
     if "stratified12" in results:
         metrics["stratified12_solved"] = sum(v.correct and v.valid for v in results["stratified12"][1])
         metrics["stratified12_n"] = len(results["stratified12"][1])
-    return metrics
+    return rounded(metrics)
 
 
 def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log) -> Evaluation:
@@ -184,20 +198,20 @@ def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log) -
         log.info("%s: %s", name, summarize(verdicts))
 
     metrics = metrics_of(results)
-    plot_rows = [
-        f"{name},{length},{m['final_answer_accuracy']},{m['valid_trace_rate']},{m['exact_trace_accuracy']},{m['n']}"
+    table = [
+        {"set": name, "length": int(length), **m}
         for name in ("test", "ood")
         if name in results
         for length, m in by_length(*results[name]).items()
     ]
+    y = ["final_answer_accuracy", "valid_trace_rate", "exact_trace_accuracy"]
     summary = (
         f"final-answer accuracy {metrics['final_answer_accuracy']:.4f}, valid traces "
         f"{metrics['valid_trace_rate']:.4f} on {metrics['n']} test nets ({time.perf_counter() - t0:.0f} s)"
     )
     return Evaluation(
         metrics,
-        "set,length,final_answer_accuracy,valid_trace_rate,exact_trace_accuracy,n",
-        plot_rows,
-        {"predictions.jsonl": rows},
+        {"accuracy_by_length": (table, "length", y)},
+        {"details.json": details_of(results), "predictions.jsonl": rows},
         summary,
     )

@@ -27,7 +27,10 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
         "scrape",
         "synthesize",
         *(f"{stage}@{model}" for stage in PER_MODEL for model in ("nets", "chat")),
+        "report",
     }
+    report = (repo / "REPORT.md").read_text()
+    assert "final_answer_accuracy" in report and sorted(p.name for p in (repo / "report").glob("*.png"))
 
     scraped = json.loads((repo / "metrics/scrape.json").read_text())
     assert scraped["documents"] == 12 and sum(scraped["failed"].values()) == 0  # the shipped site, offline
@@ -43,17 +46,12 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     for name in ("conversations.jsonl", "qa.jsonl", "meta.json"):
         assert (repo / "data/synthesize" / name).is_file()
 
-    ev = json.loads((repo / "metrics/evaluate/nets.json").read_text())
-    for key in (
-        "final_answer_accuracy",
-        "valid_trace_rate",
-        "exact_trace_accuracy",
-        "by_length",
-        "ood",
-        "stratified12_solved",
-    ):
-        assert key in ev
-    assert ev["n"] == 30 and ev["stratified12_n"] == 7
+    ev = json.loads((repo / "metrics/evaluate/nets/metrics.json").read_text())
+    assert ev["n"] == 30 and ev["stratified12_n"] == 7 and ev["ood_n"] == 10
+    details = json.loads((repo / "data/evaluate/nets/details.json").read_text())
+    assert details["test"]["final_answer_accuracy"] == ev["final_answer_accuracy"]
+    assert set(details["ood_by_length"]) == {"12"}
+    assert sum(m["n"] for m in details["test_by_length"].values()) == 30
     conv = json.loads((repo / "metrics/convert/nets.json").read_text())
     assert set(conv) >= {"f32", "q8_0"}
     assert conv["f32"]["top1_agreement"] == 1.0
@@ -63,8 +61,9 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     AutoModelForCausalLM.from_pretrained(str(repo / "models/nets/hf"))
 
     # the chat model: a LoRA finetune of the real embedded SmolLM2, converted and evaluated
-    chat_ev = json.loads((repo / "metrics/evaluate/chat.json").read_text())
-    assert chat_ev["val_targets"] > 0 and chat_ev["prompts"] == 2
+    chat_ev = json.loads((repo / "metrics/evaluate/chat/metrics.json").read_text())
+    chat_details = json.loads((repo / "data/evaluate/chat/details.json").read_text())
+    assert chat_ev["val_targets"] > 0 and chat_details["prompts"] == 2
     assert chat_ev["val_loss"] < chat_ev["base_val_loss"]  # even 4 small steps lower it
     chat_conv = json.loads((repo / "metrics/convert/chat.json").read_text())
     assert chat_conv["f16"]["top1_agreement"] >= 0.95
@@ -85,4 +84,4 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny run")
     exp = sh(repo, "dvc", "exp", "run", "-S", "train.nets.lr=2e-3")
-    assert ran(exp) == {"train@nets", "convert@nets", "evaluate@nets"}
+    assert ran(exp) == {"train@nets", "convert@nets", "evaluate@nets", "report"}

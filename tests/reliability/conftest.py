@@ -151,7 +151,7 @@ def pipeline(tmp_path_factory, llm, tiny_base) -> Repo:
     assert ran(out) == STAGES, out
     repo.reference_lock = repo.lock()
     repo.reference_files = repo.files()
-    repo.reference_curve = (repo.path / "metrics/train/nets_train_loss.csv").read_bytes()
+    repo.reference_curve = (repo.path / "metrics/train/nets/plots/metrics/train_loss.tsv").read_bytes()
     repo.reference_requests = len(srv.posts())
     return repo
 

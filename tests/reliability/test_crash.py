@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # a path containing the pattern (tests/reliability/killhook). Listed downstream first, so each
 # killed stage still finds its inputs.
 MID_WORK = [
-    ("evaluate@nets", "before", "nets_by_length.csv", 1),  # metrics written, plot not
+    ("evaluate@nets", "before", "metrics/evaluate/nets", 1),  # details written, metrics not
     ("convert@nets", "before", "model-q8_0.gguf", 1),  # f32 exported, q8_0 not
     ("train@nets", "after", "ckpt.pt", 1),  # the first checkpoint (step 4 of 12) has landed
     ("train@chat", "after", "ckpt.pt", 1),  # LoRA: step 2 of 4
@@ -39,7 +39,7 @@ MID_WORK = [
 ]
 LATE = [  # the output folder is complete but not yet in place, or in place and the metrics not
     ("evaluate@nets", "before", "data/evaluate/nets", 1),
-    ("train@nets", "before", "metrics/train/nets.json", 1),  # the HF model is in place
+    ("train@nets", "before", "metrics/train/nets", 2),  # the HF model is in place, the live folder not final
     ("pretokenize@nets", "after", "data/pretokenize/nets", 1),
     ("format@nets", "before", "metrics/format/nets.json", 1),
     ("synthesize", "after", "data/synthesize", 1),
@@ -106,9 +106,9 @@ def test_every_stage_killed_mid_work_then_repro_completes_as_if_uninterrupted(pi
     # training resumed from its checkpoint, and its loss curve carries on the same
     assert "resumed from models/nets/state/ckpt.pt at step 4" in out
     assert "resumed from models/chat/state/ckpt.pt at step 2" in out
-    curve = (pipeline.path / "metrics/train/nets_train_loss.csv").read_bytes()
+    curve = (pipeline.path / "metrics/train/nets/plots/metrics/train_loss.tsv").read_bytes()
     assert curve == pipeline.reference_curve
-    assert [row.split(b",")[0] for row in curve.splitlines()[1:]] == [b"3", b"6", b"9", b"12"]
+    assert [row.split(b"\t")[0] for row in curve.splitlines()[1:]] == [b"3", b"6", b"9", b"12"]
 
 
 def test_every_stage_killed_as_it_finishes_then_repro_completes_as_if_uninterrupted(pipeline):

@@ -90,10 +90,10 @@ def test_lora_writes_a_merged_model_and_the_adapter(tiny_chat_run):
     assert set(m) == set(b)  # an ordinary Llama, no adapter modules left
     changed = {k for k in m if not torch.equal(m[k], b[k])}
     assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)  # the targets only
-    metrics = json.loads((tiny_chat_run["metrics"] / "train.json").read_text())
+    metrics = json.loads((tiny_chat_run["metrics"] / "train/metrics.json").read_text())
     assert metrics["n_trainable"] < metrics["n_params"] / 5 and "base_val_loss" in metrics
-    val = (tiny_chat_run["metrics"] / "val_loss.csv").read_text().splitlines()
-    assert val[1].startswith("0,")  # the curve starts at the base model
+    val = (tiny_chat_run["metrics"] / "train/plots/metrics/val_loss.tsv").read_text().splitlines()
+    assert val[1].startswith("0\t")  # the curve starts at the base model
     card = read_card(hf)
     assert card.task.task == "chat" and card.init == "lora" and card.train_params["init"] == "lora"
     assert card.base == str(tiny_chat_run["base"]) and card.tokenizer == "base"
@@ -128,6 +128,10 @@ def test_lora_resume_after_crash_matches_an_uninterrupted_run(tiny_chat_run, tmp
     a = load_file(paths["hf"] / "model.safetensors")
     b = load_file(tiny_chat_run["hf"] / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
+    # one dvclive step series: the base at step 0 once, then every evaluation once
+    for name in ("train_loss", "val_loss"):
+        path = f"train/plots/metrics/{name}.tsv"
+        assert (m / path).read_text() == (tiny_chat_run["metrics"] / path).read_text(), name
 
 
 @pytest.mark.parametrize("init", ["full", "scratch"])
@@ -142,7 +146,7 @@ def test_full_finetune_and_scratch_are_one_param_away(tiny_chat_run, tmp_path, i
     paths = {**tiny_chat_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
     train.main(chat_train_argv(params, paths, tmp_path / "m"))
     assert (paths["hf"] / "model.safetensors").is_file() and not (paths["hf"] / "adapter").exists()
-    metrics = json.loads((tmp_path / "m" / "train.json").read_text())
+    metrics = json.loads((tmp_path / "m" / "train/metrics.json").read_text())
     assert metrics["n_trainable"] == metrics["n_params"]
 
 
@@ -187,20 +191,30 @@ def test_lora_params_are_checked_up_front(tiny_chat_run, tmp_path, caplog):
 def chat_eval(tiny_chat_run, tmp_path_factory):
     d = tmp_path_factory.mktemp("chat_eval")
     argv = ["--params", str(tiny_chat_run["params"]), "--model", "chat", "--hf", str(tiny_chat_run["hf"])]
-    argv += ["--in", str(tiny_chat_run["tokens"]), "--metrics", str(d / "m.json"), "--plot", str(d / "p.csv")]
+    argv += ["--in", str(tiny_chat_run["tokens"]), "--live", str(d / "live")]
     evaluate.main([*argv, "--out", str(d / "out")])
     return d
 
 
 def test_evaluate_compares_finetune_and_base_on_the_same_tokens(chat_eval, tiny_chat_run):
-    m = json.loads((chat_eval / "m.json").read_text())
+    m = json.loads((chat_eval / "live/metrics.json").read_text())
     assert m["val_loss"] < m["base_val_loss"]  # trained on this corpus; the base is random
-    assert m["val_loss_change"] == pytest.approx(m["val_loss"] - m["base_val_loss"], abs=1e-5)
-    train_m = json.loads((tiny_chat_run["metrics"] / "train.json").read_text())
-    assert m["base_val_loss"] == pytest.approx(train_m["base_val_loss"], abs=1e-4)  # one definition
-    assert m["val_loss"] == pytest.approx(train_m["val_loss"], abs=1e-4)
-    rows = (chat_eval / "p.csv").read_text().splitlines()
-    assert rows[0] == "example,base_loss,finetune_loss,targets" and len(rows) - 1 == m["val_examples"]
+    assert m["val_loss_change"] == pytest.approx(m["val_loss"] - m["base_val_loss"], abs=2e-4)
+    assert all(isinstance(v, (int, float)) for v in m.values()) and len(m) <= 10  # flat headline
+    assert m["val_loss"] == round(m["val_loss"], 4)
+    train_m = json.loads((tiny_chat_run["metrics"] / "train/metrics.json").read_text())
+    assert m["base_val_loss"] == pytest.approx(train_m["base_val_loss"], abs=2e-4)  # one definition
+    assert m["val_loss"] == pytest.approx(train_m["val_loss"], abs=2e-4)
+    rows = json.loads((chat_eval / "live/plots/custom/val_loss_per_example.json").read_text())
+    details = json.loads((chat_eval / "out/details.json").read_text())
+    assert [r["example"] for r in rows] == list(range(details["val_examples"]))
+    assert sorted(rows[0]) == ["base_loss", "example", "finetune_loss", "targets"]
+    assert details["val_targets"] == m["val_targets"] and abs(details["val_loss"] - m["val_loss"]) < 1e-4
+    # per source: the validation examples split by where they came from, adding up to the whole
+    per_source = details["per_source"]
+    assert per_source and set(per_source) <= {"essays", "conversations", "qa"}
+    assert sum(s["targets"] for s in per_source.values()) == m["val_targets"]
+    assert m["val_bpb"] > 0 and m["base_val_bpb"] > 0
 
 
 def test_evaluate_writes_the_answers_as_a_table(chat_eval):

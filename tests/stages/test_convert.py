@@ -104,9 +104,15 @@ def test_convert_writes_gguf_and_parity_metrics(tmp_path, inputs, capsys):
     convert.main(argv(tmp_path, hf, tok_dir))
 
     files = sorted(p.name for p in (tmp_path / "gguf").iterdir())
-    assert files == ["Modelfile", "model-f16.gguf", "model-f32.gguf", "model-q8_0.gguf"]
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert files == ["Modelfile", "model-f16.gguf", "model-f32.gguf", "model-q8_0.gguf", "parity.json"]
+    metrics = json.loads((tmp_path / "gguf/parity.json").read_text())
     assert set(metrics) == {"f32", "f16", "q8_0", "q8_0_vs_f16_ppl_ratio"}
+    # the metrics file holds the headline only, rounded
+    headline = json.loads((tmp_path / "m.json").read_text())
+    assert headline == {
+        **{ft: {"top1_agreement": round(metrics[ft]["top1_agreement"], 4)} for ft in ("f32", "f16", "q8_0")},
+        "q8_0_vs_f16_ppl_ratio": round(metrics["q8_0_vs_f16_ppl_ratio"], 4),
+    }
     assert metrics["f32"]["max_abs_logit_diff"] < 1e-3 and metrics["f32"]["top1_agreement"] == 1.0
     assert metrics["f16"]["max_abs_logit_diff"] < 0.05
     assert metrics["q8_0"]["top1_agreement"] >= 0.85
@@ -137,9 +143,14 @@ def test_no_ratio_without_both_f16_and_q8_0(tmp_path, inputs):
     hf, tok_dir = inputs
     write_params(tmp_path, ["f32"])
     convert.main(argv(tmp_path, hf, tok_dir))
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = json.loads((tmp_path / "gguf/parity.json").read_text())
     assert set(metrics) == {"f32"} and metrics["f32"]["perplexity"] > 1
-    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["Modelfile", "model-f32.gguf"]
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"f32"}
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == [
+        "Modelfile",
+        "model-f32.gguf",
+        "parity.json",
+    ]
 
 
 def test_failed_gate_exits_2_and_writes_nothing(tmp_path, tiny_run, capsys):

@@ -19,22 +19,37 @@ def argv(run_paths, src, out):
         str(run_paths["hf"]),
         "--in",
         str(src),
-        "--metrics",
-        str(out / "m.json"),
-        "--plot",
-        str(out / "by_length.csv"),
+        "--live",
+        str(out / "live"),
         "--out",
         str(out / "preds"),
     ]
 
 
-def test_metrics_have_the_documented_names(tiny_run, tmp_path):
+HEADLINE = [
+    "exact_trace_accuracy",
+    "failed",
+    "final_answer_accuracy",
+    "n",
+    "ood_final_answer_accuracy",
+    "ood_n",
+    "ood_valid_trace_rate",
+    "stratified12_n",
+    "stratified12_solved",
+    "valid_trace_rate",
+]
+
+
+def test_headline_metrics_have_the_documented_names_and_details_go_apart(tiny_run, tmp_path):
     evaluate.main(argv(tiny_run, tiny_run["generate"], tmp_path))
-    m = json.loads((tmp_path / "m.json").read_text())
-    assert set(m["ood"]) == {"12"} and set(m["ood"]["12"]) >= {"final_answer_accuracy", "valid_trace_rate"}
-    assert m["stratified12_n"] == 7
-    assert sum(v["n"] for v in m["by_length"].values()) == m["n"] == 30
-    assert set(m["failures"]) >= {"malformed", "wrong_rewrite", "stopped_early", "looped"}
+    m = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert sorted(m) == HEADLINE  # ten flat figures: what dvc exp show and metrics diff compare
+    assert m["stratified12_n"] == 7 and m["ood_n"] == 10 and m["n"] == 30
+    details = json.loads((tmp_path / "preds/details.json").read_text())
+    assert set(details["ood_by_length"]) == {"12"} and details["ood"]["n"] == 10
+    assert sum(v["n"] for v in details["test_by_length"].values()) == m["n"]
+    assert sorted(details["failures"]) == ["looped", "malformed", "stopped_early", "wrong_rewrite"]
+    assert sum(details["failures"].values()) == m["failed"]
     preds = [json.loads(x) for x in (tmp_path / "preds/predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 30 + 10 + 7
     for p in preds:  # the verdict is the reducer's, whatever the model wrote
@@ -49,19 +64,27 @@ def test_metrics_have_the_documented_names(tiny_run, tmp_path):
         ("exact_trace_accuracy", "exact"),
     ):
         assert m[key] == round(sum(p[field] for p in test) / len(test), 4), key
+    ood = [p for p in preds if p["set"] == "ood"]
+    assert m["ood_final_answer_accuracy"] == round(sum(p["correct"] for p in ood) / len(ood), 4)
     strat = [p for p in preds if p["set"] == "stratified12"]
     assert m["stratified12_solved"] == sum(p["correct"] and p["valid"] for p in strat)
-    header = (tmp_path / "by_length.csv").read_text().splitlines()[0]
-    assert header == "set,length,final_answer_accuracy,valid_trace_rate,exact_trace_accuracy,n"
+    # the by-length table, for dvc plots: dvclive's custom plot, a JSON list of rows
+    table = json.loads((tmp_path / "live/plots/custom/accuracy_by_length.json").read_text())
+    assert {(r["set"], r["length"]) for r in table} == {
+        ("test", int(n)) for n in details["test_by_length"]
+    } | {("ood", 12)}
+    assert sorted(p.name for p in (tmp_path / "live").iterdir()) == ["metrics.json", "plots"]
 
 
 def test_accepts_a_users_nets_file(tiny_run, tmp_path):
     mine = tmp_path / "mine.jsonl"
     mine.write_text('{"net": "A B"}\n{"id": "x", "net": "C A B"}\n{"net": "EMPTY"}\n')
     evaluate.main(argv(tiny_run, mine, tmp_path))
-    m = json.loads((tmp_path / "m.json").read_text())
-    assert m["n"] == 3 and set(m["by_length"]) == {"0", "2", "3"}
-    assert "ood" not in m and "stratified12_solved" not in m
+    m = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert sorted(m) == ["exact_trace_accuracy", "failed", "final_answer_accuracy", "n", "valid_trace_rate"]
+    assert m["n"] == 3
+    details = json.loads((tmp_path / "preds/details.json").read_text())
+    assert set(details["test_by_length"]) == {"0", "2", "3"} and "ood" not in details
 
 
 def test_bad_net_in_users_file_names_the_line(tiny_run, tmp_path, caplog):

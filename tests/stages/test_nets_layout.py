@@ -122,7 +122,7 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, reques
     evaluate.main(
         [
             "--params", str(aligned_run["params"]), "--model", "nets", "--hf", str(aligned_run["hf"]),
-            "--in", str(mine), "--metrics", str(out / "m.json"), "--plot", str(out / "p.csv"),
+            "--in", str(mine), "--live", str(out / "live"),
             "--out", str(out / "preds"),
         ]
     )  # fmt: skip
@@ -131,7 +131,7 @@ def test_evaluate_frames_every_prompt_and_follows_blanked_lines(run_name, reques
     last = -1 if layout.marks else None
     expected = {layouts.prompt(s, layout) for n in batch for s in reducer.parallel_trace(n)[1:last]}
     assert set(sent[len(batch) :]) == expected
-    m = json.loads((out / "m.json").read_text())
+    m = json.loads((out / "live/metrics.json").read_text())
     assert m["final_answer_accuracy"] == m["valid_trace_rate"] == m["exact_trace_accuracy"] == 1.0
 
 

@@ -59,6 +59,9 @@ def check_token_files(out: Path, fmt: Path) -> dict:
         assert tok.decode(ids.tolist()) == "".join(t for t, _ in segs)
         trained = tok.decode([t for t, m in zip(ids.tolist(), mask.tolist()) if m])
         assert trained == "".join(t for t, m in segs if m)
+        # bits per byte's denominator: the UTF-8 bytes of the trained text
+        assert split.target_bytes[i] == len(trained.encode("utf-8")) > 0
+    assert meta["val_sources"] == [r["source"] for r in records]
     return meta
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import shutil
 
 import pytest
 import torch
+import yaml
 
-from smolforge.core import card
+from smolforge.core import card, tokens, validation
 from smolforge.core import train as training
 from smolforge.core.cli import run
 from smolforge.core.params import load_params
@@ -59,16 +61,36 @@ def test_each_init_names_a_module_that_builds_and_saves_its_model():
         assert callable(lib.build) and callable(lib.save), init
 
 
-def test_metrics_and_curves(tiny_run):
-    m = tiny_run["dir"] / "metrics"
-    metrics = json.loads((m / "train.json").read_text())
-    assert metrics["steps"] == 12 and metrics["n_params"] > 0 and metrics["tokens_seen"] > 0
-    curve = (m / "train_loss.csv").read_text().splitlines()
-    assert curve[0] == "step,train_loss,lr" and [r.split(",")[0] for r in curve[1:]] == ["3", "6", "9", "12"]
-    val = (m / "val_loss.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in val[1:]] == ["6", "12"]
-    first, last = float(curve[1].split(",")[1]), float(curve[-1].split(",")[1])
-    assert last < first  # it learns something even in 12 steps
+def tsv(path) -> list[list[str]]:
+    return [row.split("\t") for row in path.read_text().splitlines()]
+
+
+def test_live_folder_holds_headline_metrics_and_step_series(tiny_run):
+    live = tiny_run["dir"] / "metrics/train"
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert sorted(metrics) == ["n_params", "n_trainable", "step", "tokens_seen", "train_loss", "val_bpb", "val_loss"]
+    # bits per byte: the validation loss (nats per target token) over the target text's bytes
+    # over the validation examples train scores (eval_examples of them)
+    meta = json.loads((tiny_run["tokens"] / "meta.json").read_text())
+    split = tokens.read_split(tiny_run["tokens"], "val", meta)
+    n = yaml.safe_load(tiny_run["params"].read_text())["train"]["nets"]["eval_examples"]
+    targets, n_bytes = validation.target_count(split, n), validation.target_bytes(split, n)
+    assert 0 < targets < n_bytes  # a target token here is one or more bytes of text
+    assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] * targets / math.log(2) / n_bytes, abs=2e-4)
+    assert metrics["step"] == 12 and metrics["n_params"] == metrics["n_trainable"] > 1000
+    assert metrics["val_loss"] == round(metrics["val_loss"], 4)  # machine-level digits rounded off
+    assert sorted(p.name for p in (live / "plots/metrics").iterdir()) == [
+        "lr.tsv",
+        "train_loss.tsv",
+        "val_loss.tsv",
+    ]
+    curve = tsv(live / "plots/metrics/train_loss.tsv")  # dvclive's own format: step<TAB>name
+    assert curve[0] == ["step", "train_loss"] and [r[0] for r in curve[1:]] == ["3", "6", "9", "12"]
+    assert [r[0] for r in tsv(live / "plots/metrics/val_loss.tsv")[1:]] == ["6", "12"]
+    assert float(curve[-1][1]) < float(curve[1][1])  # it learns something even in 12 steps
+    assert abs(float(curve[-1][1]) - metrics["train_loss"]) < 1e-4
+    # speed varies by machine: the timing file has it, the live folder (an output) does not
+    assert json.loads((tiny_run["dir"] / "metrics/train_timing.json").read_text())["tokens_per_s"] > 0
 
 
 class Crash(Exception):
@@ -79,19 +101,35 @@ def test_resume_after_crash_matches_an_uninterrupted_run(tiny_run, tmp_path, mon
     paths = {**tiny_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
     m = tmp_path / "metrics"
     real_lr_at = training.lr_at
+    seen_live = {}
 
-    def crash_at_step_9(step, p):
-        if step == 9:
+    def crash_at_step_10(step, p):
+        if step == 10:
+            # what dvc exp show sees mid-run: the latest logged step (the window of step 9)
+            seen_live.update(json.loads((m / "train/metrics.json").read_text()))
             raise Crash()
         return real_lr_at(step, p)
 
-    monkeypatch.setattr(training, "lr_at", crash_at_step_9)
+    # the tiny params checkpoint every 4 steps and log every 3: the crash at step 10 comes
+    # after step 9 was logged live but before it was checkpointed
+    monkeypatch.setattr(training, "lr_at", crash_at_step_10)
     with pytest.raises(Crash):
         train.main(train_argv(tiny_run["params"], paths, m))
     assert not paths["hf"].exists()  # nothing half-written
     assert (paths["state"] / "ckpt.pt").is_file()
-    monkeypatch.setattr(training, "lr_at", real_lr_at)
+    assert seen_live["step"] == 9 and "tokens_per_s" in seen_live
+    assert [r[0] for r in tsv(m / "train/plots/metrics/train_loss.tsv")[1:]] == ["3", "6", "9"]
+    # resumed from step 8: what the live folder shows once step 9 is logged again
+    seen_resumed = {}
+
+    def look_at_step_10(step, p):
+        if step == 10:
+            seen_resumed["train_loss"] = tsv(m / "train/plots/metrics/train_loss.tsv")
+        return real_lr_at(step, p)
+
+    monkeypatch.setattr(training, "lr_at", look_at_step_10)
     train.main(train_argv(tiny_run["params"], paths, m))
+    assert [r[0] for r in seen_resumed["train_loss"][1:]] == ["3", "6", "9"]  # 9 once, live too
 
     from safetensors.torch import load_file
 
@@ -100,8 +138,44 @@ def test_resume_after_crash_matches_an_uninterrupted_run(tiny_run, tmp_path, mon
     assert resumed.keys() == straight.keys()
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k
-    ref = (tiny_run["dir"] / "metrics/train_loss.csv").read_text()
-    assert (m / "train_loss.csv").read_text() == ref
+    # the same step series, no step twice (9 was logged before the crash and again after)
+    ref = tiny_run["dir"] / "metrics/train"
+    for name in ("train_loss", "lr", "val_loss"):
+        path = f"plots/metrics/{name}.tsv"
+        assert (m / "train" / path).read_text() == (ref / path).read_text(), name
+    assert (m / "train/metrics.json").read_text() == (ref / "metrics.json").read_text()
+
+
+def test_resume_after_a_crash_that_removed_the_live_folder(tiny_run, tmp_path, monkeypatch):
+    """dvc repro deletes a stage's outputs before rerunning it: the series comes back from
+    the checkpoint."""
+    paths = {**tiny_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
+    m = tmp_path / "metrics"
+    real_lr_at = training.lr_at
+
+    def crash_at_step_7(step, p):
+        if step == 7:
+            raise Crash()
+        return real_lr_at(step, p)
+
+    monkeypatch.setattr(training, "lr_at", crash_at_step_7)
+    with pytest.raises(Crash):
+        train.main(train_argv(tiny_run["params"], paths, m))
+    shutil.rmtree(m / "train")
+    seen_resumed = {}
+
+    def look_at_step_7(step, p):
+        if step == 7:  # resumed from step 4, step 6 logged again: 3 came back from the checkpoint
+            seen_resumed["train_loss"] = tsv(m / "train/plots/metrics/train_loss.tsv")
+        return real_lr_at(step, p)
+
+    monkeypatch.setattr(training, "lr_at", look_at_step_7)
+    train.main(train_argv(tiny_run["params"], paths, m))
+    assert [r[0] for r in seen_resumed["train_loss"][1:]] == ["3", "6"]
+    ref = tiny_run["dir"] / "metrics/train"
+    for name in ("train_loss", "lr", "val_loss"):
+        path = f"plots/metrics/{name}.tsv"
+        assert (m / "train" / path).read_text() == (ref / path).read_text(), name
 
 
 def test_missing_tokens_folder_is_a_clear_error(tiny_run, tmp_path, caplog):

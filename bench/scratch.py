@@ -1,0 +1,136 @@
+"""The scratch Llama against a GPT of nanoGPT's shape: training tokens per second.
+
+The GPT here is written for this benchmark from nanoGPT's published description (a GPT-2
+decoder: learned token and position embeddings, pre-LayerNorm blocks without biases, one
+fused query/key/value projection, causal scaled-dot-product attention, a 4x GELU MLP, the
+LM head tied to the token embedding); no nanoGPT code is copied. At the default nets shape
+(2 layers, width 128, 4 heads, vocabulary 272, context 256) both models have 461,440
+parameters.
+
+Both sides run the same bare step (forward, cross-entropy over every position, backward,
+AdamW) on the same random batches of `train.nets` size (64 x 96 tokens), float32, in
+alternating rounds in one process. The Llama is the pipeline's own
+(`smolforge.core.model.build`, as stage train builds it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.common import Row, interleave, median, paired_ratio
+from smolforge.core import model as model_lib
+from smolforge.core import trainloop
+from smolforge.core.params import load_params
+from smolforge.core.train import TrainParams
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB, T = 272, 96  # the nets vocabulary; a typical packed nets line
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln_1 = nn.LayerNorm(dim, bias=False)
+        self.c_attn = nn.Linear(dim, 3 * dim, bias=False)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(dim, dim, bias=False)
+        self.ln_2 = nn.LayerNorm(dim, bias=False)
+        self.fc = nn.Linear(dim, 4 * dim, bias=False)
+        self.fc_proj = nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T_, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T_, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, C / H)
+        x = x + self.c_proj(y.transpose(1, 2).reshape(B, T_, C))
+        return x + self.fc_proj(F.gelu(self.fc(self.ln_2(x))))
+
+
+class GPT(nn.Module):
+    """A GPT-2-style decoder of nanoGPT's shape; returns logits (B, T, V)."""
+
+    def __init__(self, vocab: int, context: int, dim: int, n_layers: int, n_heads: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, dim)
+        self.wpe = nn.Embedding(context, dim)
+        self.blocks = nn.ModuleList(Block(dim, n_heads) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(dim, bias=False)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:  # GPT-2's init: N(0, 0.02), residual projections scaled by depth
+                std = 0.02 / math.sqrt(2 * n_layers) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+class Side:
+    """A bare training step on one model over a fixed list of batches."""
+
+    def __init__(self, model: nn.Module, logits, p: TrainParams, batches: list[torch.Tensor]):
+        self.model, self.logits, self.batches, self.i = model, logits, batches, 0
+        self.opt = trainloop.optimizer(model, p.lr, p.betas, p.weight_decay)
+
+    def block(self, n_steps: int) -> float:
+        n_tokens, t0 = 0, time.perf_counter()
+        for _ in range(n_steps):
+            x = self.batches[self.i % len(self.batches)]
+            logits = self.logits(self.model, x[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            n_tokens += x[:, :-1].numel()
+            self.i += 1
+        return n_tokens / (time.perf_counter() - t0)
+
+
+def run(quick: bool) -> list[Row]:
+    p = load_params("train.nets", TrainParams, ROOT / "params.yaml")
+    s = p.model
+    torch.set_num_threads(p.threads)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(3, VOCAB, (p.batch_size, T + 1), generator=g) for _ in range(8)]
+    llama = model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed)
+    torch.manual_seed(p.seed)
+    gpt = GPT(VOCAB, s.max_seq_len, s.dim, s.n_layers, s.n_heads)
+    n_llama, n_gpt = model_lib.n_params(llama), sum(q.numel() for q in gpt.parameters())
+    sides = {
+        "llama": Side(llama, lambda m, x: m(input_ids=x).logits, p, batches),
+        "gpt": Side(gpt, lambda m, x: m(x), p, batches),
+    }
+    k, rounds = (3, 6) if quick else (5, 20)
+    for side in sides.values():
+        side.block(k)
+    got = interleave({name: (lambda sd=side: sd.block(k)) for name, side in sides.items()}, rounds)
+    ratio = round(paired_ratio(got, "llama", "gpt"), 3)
+    return [
+        Row(
+            f"scratch Llama vs nanoGPT-shaped GPT (train.nets shape, batch {p.batch_size}x{T}, float32, "
+            f"{p.threads} threads)",
+            round(median(got["llama"])),
+            round(median(got["gpt"])),
+            "tok/s",
+            ratio,
+            ">= 1.0",
+            ratio >= 1.0,
+            f"{s.n_layers} layers, width {s.dim}, {s.n_heads} heads; params {n_llama:,} (Llama) vs "
+            f"{n_gpt:,} (GPT)",
+            got,
+        )
+    ]
