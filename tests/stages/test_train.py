@@ -68,7 +68,15 @@ def tsv(path) -> list[list[str]]:
 def test_live_folder_holds_headline_metrics_and_step_series(tiny_run):
     live = tiny_run["dir"] / "metrics/train"
     metrics = json.loads((live / "metrics.json").read_text())
-    assert sorted(metrics) == ["n_params", "n_trainable", "step", "tokens_seen", "train_loss", "val_bpb", "val_loss"]
+    assert sorted(metrics) == [
+        "n_params",
+        "n_trainable",
+        "step",
+        "tokens_seen",
+        "train_loss",
+        "val_bpb",
+        "val_loss",
+    ]
     # bits per byte: the validation loss (nats per target token) over the target text's bytes
     # over the validation examples train scores (eval_examples of them)
     meta = json.loads((tiny_run["tokens"] / "meta.json").read_text())
@@ -76,7 +84,9 @@ def test_live_folder_holds_headline_metrics_and_step_series(tiny_run):
     n = yaml.safe_load(tiny_run["params"].read_text())["train"]["nets"]["eval_examples"]
     targets, n_bytes = validation.target_count(split, n), validation.target_bytes(split, n)
     assert 0 < targets < n_bytes  # a target token here is one or more bytes of text
-    assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] * targets / math.log(2) / n_bytes, abs=2e-4)
+    assert metrics["val_bpb"] == pytest.approx(
+        metrics["val_loss"] * targets / math.log(2) / n_bytes, abs=2e-4
+    )
     assert metrics["step"] == 12 and metrics["n_params"] == metrics["n_trainable"] > 1000
     assert metrics["val_loss"] == round(metrics["val_loss"], 4)  # machine-level digits rounded off
     assert sorted(p.name for p in (live / "plots/metrics").iterdir()) == [
