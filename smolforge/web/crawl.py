@@ -3,10 +3,11 @@
 Which links are followed: http(s) links of the start page's site (scheme + host + port)
 or of `allowed_sites`, whose path and query match an `include` pattern (if any) and no
 `exclude` pattern, within `max_depth` hops, allowed by robots.txt, up to `max_pages`
-requests. robots.txt is read once per site through the same fetcher (`Robots`). Every
-link not followed and every page not fetched is counted once, under the first reason
-that applies, in a `CrawlReport`. Links are visited in document order, so a site that
-does not change is crawled in the same order every time.
+requests. robots.txt is read once per site through the same fetcher
+(`smolforge.web.robots.Robots`, wildcard rules included). Every link not followed and
+every page not fetched is counted once, under the first reason that applies, in a
+`CrawlReport`. Links are visited in document order, so a site that does not change is
+crawled in the same order every time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import functools
 import logging
 import re
 import threading
-import urllib.robotparser
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from smolforge.web.extract import decode_html, find_links
 from smolforge.web.fetch import Fetcher, FetchError, origin
+from smolforge.web.robots import Robots
 
 log = logging.getLogger(__name__)
 
@@ -196,48 +197,6 @@ class _Crawl:
         if normalize_url(url) in self.received:
             return "duplicate"
         return None if self.robots.allowed(url) else "robots"
-
-
-class Robots:
-    """robots.txt per site, fetched once through the same fetcher (pacing, retries, cache).
-
-    As RFC 9309 says: a 4xx answer allows everything; a site whose robots.txt cannot be
-    fetched (5xx, timeout, connection error) is treated as disallowing everything.
-    """
-
-    def __init__(self, fetcher: Fetcher) -> None:
-        self.fetcher = fetcher
-        self.unreachable: dict[str, str] = {}  # site -> why its robots.txt could not be fetched
-        self._rules: dict[str, urllib.robotparser.RobotFileParser] = {}
-
-    def allowed(self, url: str) -> bool:
-        """Whether the policy's user agent may fetch `url`."""
-        site = origin(url)
-        if site not in self._rules:
-            self._rules[site] = self._load(site)
-        return self._rules[site].can_fetch(self.fetcher.policy.user_agent, url)
-
-    def _load(self, site: str) -> urllib.robotparser.RobotFileParser:
-        rules = urllib.robotparser.RobotFileParser(f"{site}/robots.txt")
-        try:
-            page = self.fetcher.get(f"{site}/robots.txt", html_only=False)
-        except FetchError as e:
-            if e.status is not None and 400 <= e.status < 500:
-                rules.allow_all = True
-            else:
-                log.warning("%s/robots.txt: %s; treating the site as disallowed", site, e)
-                self.unreachable[site] = str(e)
-                rules.disallow_all = True
-            return rules
-        rules.parse(page.body.decode("utf-8", "replace").splitlines())
-        delay = rules.crawl_delay(self.fetcher.policy.user_agent)
-        if delay:
-            wanted = float(delay)
-            capped = min(wanted, self.fetcher.policy.max_wait_s)
-            if capped < wanted:
-                log.warning("%s: Crawl-delay %g s capped at max_wait_s %g s", site, wanted, capped)
-            self.fetcher.set_delay(site, capped)
-        return rules
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

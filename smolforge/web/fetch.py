@@ -1,4 +1,4 @@
-"""Polite, bounded, cached HTTP GETs for the crawler, and robots.txt.
+"""Polite, bounded, cached HTTP GETs for the crawler.
 
 Politeness: a configurable User-Agent; at least `delay_s` between two requests to one
 site (more if its robots.txt asks with Crawl-delay, see `set_delay`).
@@ -8,7 +8,7 @@ errors, timeouts, 5xx and 429, waiting an exponential backoff (capped) or the se
 `Retry-After` (one above `max_wait_s` fails the page at once); at most `max_redirects`
 hops, loops detected; responses streamed and dropped once past `max_bytes`; only HTML
 where HTML is wanted. An `HttpCache` turns a rerun into conditional requests.
-robots.txt itself is read by `smolforge.web.crawl.Robots` through a `Fetcher`.
+robots.txt itself is read by `smolforge.web.robots.Robots` through a `Fetcher`.
 
 A page that is not fetched raises `FetchError` with a short `reason` (a metrics key).
 """

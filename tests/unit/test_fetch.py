@@ -8,9 +8,9 @@ import time
 import pytest
 
 from smolforge.core.retry import parse_retry_after as _retry_after
-from smolforge.web.crawl import Robots
 from smolforge.web.fetch import Fetcher, FetchError, FetchPolicy
 from smolforge.web.httpcache import HttpCache
+from smolforge.web.robots import Robots
 from tests.httpfixtures import (
     free_port,
     html,
