@@ -18,9 +18,9 @@ answers.jsonl and answers.md).
 
 Run by hand:
     python -m stages.evaluate --model nets --hf models/nets/hf --in data/generate \
-        --live metrics/evaluate/nets --out data/evaluate/nets
+        --gguf models/nets/gguf --live metrics/evaluate/nets --out data/evaluate/nets
     python -m stages.evaluate --model nets --hf models/nets/hf --in my_nets.jsonl \
-        --live /tmp/my_live --out /tmp/my_eval
+        --live /tmp/my_live --out /tmp/my_eval           # add --gguf models/nets/gguf for llama.cpp
     python -m stages.evaluate --model chat --hf models/chat/hf --in data/pretokenize/chat \
         --live metrics/evaluate/chat --out data/evaluate/chat
 """
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="which params subsection: evaluate.<model>")
     ap.add_argument("--hf", type=Path, required=True)
     ap.add_argument("--in", dest="src", type=Path, required=True, help="the sets (see above)")
+    ap.add_argument("--gguf", type=Path, help="the model's GGUF folder (convert's OUT): nets decode it in llama.cpp too")
     for name in ("live", "out"):
         ap.add_argument(f"--{name}", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p = load_params(f"evaluate.{args.model}", track.EvaluateParams, args.params)
 
     # ---- measure
-    done = track.evaluate(args.src, args.hf, card, p, log)
+    done = track.evaluate(args.src, args.hf, card, p, log, args.gguf)
 
     # ---- write: the plain outputs, then the live folder (headline figures and tables)
     with atomic_dir(args.out) as tmp:

@@ -5,6 +5,7 @@ Reads format's OUT (train.jsonl, val.jsonl, meta.json) and writes OUT/:
     tokenizer/            HF tokenizer files with the chat template inside (sentencepiece
                           also leaves its tokenizer.model there)
     {train,val}.{bin,idx,mask,bytes}   see smolforge/core/tokens.py
+    {train,val}.pos       position ids, for a nets layout with `positions: coupled` only
     meta.json             backend, vocab size, dtype, token counts, tokenizer hash, each
                           validation example's source (val_sources), and format's task
                           record, passed on unchanged (smolforge/core/card.py)
@@ -73,19 +74,24 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- encode and check the ids before writing anything
     encoded, mismatches = encode.encode_and_check(hf_tok, splits, paths, log)
+    coupled = (task.layout or {}).get("positions") == "coupled"  # the nets layout's position ids
+    positions = {name: encode.coupled_positions(paths[name], encoded[name]) for name in splits} if coupled else {}
 
     # ---- write
     with atomic_dir(args.out) as tmp:
         tokenizer.save(built, tmp / "tokenizer")
         counts = {
-            name: tokens.write_split(tmp, name, encoded[name], dtype, encode.target_bytes(splits[name]))
+            name: tokens.write_split(
+                tmp, name, encoded[name], dtype, encode.target_bytes(splits[name]), positions.get(name)
+            )
             for name in splits
         }
         meta = {
             "format_version": FORMAT_VERSION,
             "produced_by": "pretokenize",
             "tokenizer": p.tokenizer,
-            **{k: v for k, v in (("base", p.base), ("encoding", p.encoding)) if v is not None},
+            # what this backend read: a base, an encoding (fields it ignores are not recorded)
+            **{k: v for k, v in p.used().items() if k in ("base", "encoding")},
             "tokenizer_sha256": tokenizer.file_hash(tmp / "tokenizer"),
             "vocab_size": vocab_size,
             "dtype": dtype.name,

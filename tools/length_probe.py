@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from smolforge import nets  # noqa: E402
+from smolforge.nets import reducer as nets  # noqa: E402
 from smolforge.core.model import LlamaShape, build, llama_config  # noqa: E402
 
 VOCAB = {c: i for i, c in enumerate("ABCD_.=")}

@@ -58,7 +58,7 @@ def g6(v: float | None) -> float | None:
     return None if v is None else float(f"{v:.6g}")
 
 
-def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log) -> Evaluation:
+def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log, gguf_dir: Path | None = None) -> Evaluation:
     """Measure the finetune, then its base, one model in memory at a time."""
     val, sources = read_val(src, card)
     base = card.base if card.init in ("lora", "full") else None

@@ -3,6 +3,8 @@
 Each batch is `batch_size` whole examples, right-padded to the longest of them. Right
 padding needs no attention mask: under the causal mask a real token never sees the pads
 after it. Padded positions and non-target tokens get label -100 (ignored by the loss).
+A split with stored position ids (coupled layouts, smolforge/core/positions.py) gives
+its batches those ids, pads at 0.
 
 A packed batch (`pack`) is the same examples back to back in one row of no padding, with
 positions restarting at 0 for each example and a block-diagonal causal mask, so no
@@ -31,8 +33,8 @@ class Batch:
     labels: torch.Tensor  # (B, T) int64, IGNORE where not trained on
     n_tokens: int  # real (non-pad) tokens
     n_targets: int  # tokens that count in the loss
-    # packed batches only (B = 1): None in a padded batch
-    position_ids: torch.Tensor | None = None  # (1, T) int64, restarting at 0 for each example
+    # packed batches (B = 1), or padded ones of a split with stored positions; else None
+    position_ids: torch.Tensor | None = None  # (B, T) int64; packed: restarting for each example
     attention_mask: torch.Tensor | None = None  # (1, 1, T, T) bool, True where a query may attend
     keep: torch.Tensor | None = None  # (K,) int64: positions whose next token is a target
 
@@ -61,7 +63,14 @@ def collate(split: TokenSplit, indices: list[int], pad_id: int) -> Batch:
         labels[row, : len(toks)] = np.where(mask.astype(bool), toks.astype(np.int64), IGNORE)
     n_tokens = sum(len(t) for t, _ in examples)
     n_targets = int((labels[:, 1:] != IGNORE).sum())  # position 0 is never predicted
-    return Batch(torch.from_numpy(ids), torch.from_numpy(labels), n_tokens, n_targets)
+    positions = None
+    if split.positions is not None:
+        pos = np.zeros((len(examples), T), dtype=np.int64)
+        for row, i in enumerate(indices):
+            q = split.example_positions(i)
+            pos[row, : len(q)] = q
+        positions = torch.from_numpy(pos)
+    return Batch(torch.from_numpy(ids), torch.from_numpy(labels), n_tokens, n_targets, positions)
 
 
 def pack(split: TokenSplit, indices: list[int]) -> Batch:
@@ -69,6 +78,8 @@ def pack(split: TokenSplit, indices: list[int]) -> Batch:
     length): positions restart per example, the mask confines attention to each example,
     and `keep` lists the positions whose next token is a target (an example's last token
     predicts nothing, as in `collate`)."""
+    if split.positions is not None:
+        raise ValueError("packing restarts positions per example; this split stores its own position ids")
     examples = [split.example(i) for i in indices]
     lengths = [len(t) for t, _ in examples]
     ids = np.concatenate([t for t, _ in examples]).astype(np.int64)

@@ -43,6 +43,19 @@ def read_sources(path: Path, expected: int | None) -> list[str]:
     return [str(rec.get("source", "")) for rec in read_jsonl(path, "format", expected=expected)]
 
 
+def coupled_positions(path: Path, encoded: list[tuple[list[int], list[int]]]) -> list[list[int]]:
+    """Each example's coupled position ids (smolforge/core/positions.py), from its record's
+    prompt (the user turn, one symbol per space-separated word) and `position_jumps`."""
+    from smolforge.core import positions
+
+    out = []
+    for lineno, (rec, (ids, _)) in enumerate(zip(read_jsonl(path, "format"), encoded), 1):
+        user = next((m["content"] for m in rec.get("messages", []) if m.get("role") == "user"), "")
+        where = f"{path}:{lineno}"
+        out.append(positions.for_example(len(ids), len(user.split(" ")), rec.get("position_jumps"), where))
+    return out
+
+
 def batch_ids(hf_tok, texts: list[str]) -> list[list[int]]:
     """The ids `hf_tok(texts, add_special_tokens=False)` gives, each distinct text encoded
     once, by the Rust tokenizer itself where there is one.

@@ -133,16 +133,22 @@ def write_jsonl(path: Path | str, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(
-    path: Path | str, stage: str, required: Iterable[str] = (), expected: int | None = None
+    path: Path | str,
+    stage: str,
+    required: Iterable[str] = (),
+    expected: int | None = None,
+    origin: str | None = None,
 ) -> list[dict]:
     """Read a JSONL file written by `stage`; any bad line is a StageError naming it.
 
     `expected` is the record count the folder's meta.json gives (None: not checked): a file
     cut at a line boundary is well-formed JSONL, and only the count tells it is short.
+    `origin` replaces the "written by stage ..." hint for a file a user wrote.
     """
     path = Path(path)
+    hint = origin or produced_by(stage)
     if not path.is_file():
-        raise StageError(f"{path}: file not found {produced_by(stage)}")
+        raise StageError(f"{path}: file not found {hint}")
     required = tuple(required)
     records = []
     with path.open("rb") as f:  # bytes, so that a damaged line is named, not a traceback
@@ -153,19 +159,19 @@ def read_jsonl(
             try:
                 rec = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
-                raise StageError(f"{where}: not valid UTF-8 ({e.reason}) {produced_by(stage)}") from None
+                raise StageError(f"{where}: not valid UTF-8 ({e.reason}) {hint}") from None
             except json.JSONDecodeError as e:
-                raise StageError(f"{where}: not valid JSON ({e.msg}) {produced_by(stage)}") from None
+                raise StageError(f"{where}: not valid JSON ({e.msg}) {hint}") from None
             if not isinstance(rec, dict):
-                raise StageError(f"{where}: expected a JSON object {produced_by(stage)}")
+                raise StageError(f"{where}: expected a JSON object {hint}")
             for field in required:
                 if field not in rec:
-                    raise StageError(f'{where}: missing field "{field}" {produced_by(stage)}')
+                    raise StageError(f'{where}: missing field "{field}" {hint}')
             records.append(rec)
     if expected is not None and len(records) != expected:
         raise StageError(
             f"{path}: {len(records)} records, but {path.parent / 'meta.json'} says {expected} "
-            f"(truncated or edited?) {produced_by(stage)}"
+            f"(truncated or edited?) {hint}"
         )
     return records
 

@@ -7,6 +7,8 @@ A split `name` in a folder is three files plus the folder's `meta.json`:
     name.mask  uint8 per token, 1 where the token is a training target
     name.bytes int64 per example, UTF-8 bytes of its target text (the bits-per-byte
                denominator; optional: splits written before it existed have none)
+    name.pos   uint16 per token, its position id (optional: only layouts whose ids are
+               not 0, 1, 2, ... per example write it; smolforge/core/positions.py)
 
 numpy only, so text stages can read them without importing torch.
 """
@@ -35,9 +37,10 @@ def write_split(
     examples: list[tuple[list[int], list[int]]],
     dtype,
     target_bytes: list[int] | None = None,
+    positions: list[list[int]] | None = None,
 ) -> dict:
     """Write (token ids, loss mask) pairs as one split, with each example's target text
-    bytes when given; returns its counts."""
+    bytes and each token's position id when given; returns its counts."""
     from smolforge.core.io import atomic_file
 
     lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
@@ -49,6 +52,10 @@ def write_split(
     if target_bytes is not None:
         assert len(target_bytes) == len(examples), "one target byte count per example"
         files.append(("bytes", np.asarray(target_bytes, dtype=np.int64)))
+    if positions is not None:
+        assert [len(q) for q in positions] == lengths.tolist(), "one position id per token"
+        pos = np.fromiter(chain.from_iterable(positions), dtype=np.uint16, count=offsets[-1])
+        files.append(("pos", pos))
     for suffix, arr in files:
         with atomic_file(folder / f"{name}.{suffix}", "wb") as f:
             f.write(arr.tobytes())
@@ -69,6 +76,7 @@ class TokenSplit:
     offsets: np.ndarray
     mask: np.ndarray
     target_bytes: np.ndarray | None = None  # (n_examples,) int64; None when not stored
+    positions: np.ndarray | None = None  # (n_tokens,) uint16 position ids; None: 0, 1, 2, ... per example
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -76,6 +84,11 @@ class TokenSplit:
     def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.tokens[a:b], self.mask[a:b]
+
+    def example_positions(self, i: int) -> np.ndarray:
+        """Position ids of example i (stored ones, else 0, 1, 2, ...)."""
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return np.arange(b - a) if self.positions is None else self.positions[a:b]
 
 
 def read_split(folder: Path, name: str, meta: dict) -> TokenSplit:
@@ -113,4 +126,10 @@ def read_split(folder: Path, name: str, meta: dict) -> TokenSplit:
             raise StageError(
                 f"{bytes_path}: {len(target_bytes)} byte counts for {len(offsets) - 1} examples {where}"
             )
-    return TokenSplit(tokens, offsets, mask, target_bytes)
+    positions = None
+    pos_path = Path(folder) / f"{name}.pos"
+    if pos_path.is_file():
+        positions = np.fromfile(pos_path, dtype=np.uint16)
+        if len(positions) != len(tokens):
+            raise StageError(f"{pos_path}: {len(positions)} position ids for {len(tokens)} tokens {where}")
+    return TokenSplit(tokens, offsets, mask, target_bytes, positions)

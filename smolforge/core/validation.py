@@ -35,7 +35,7 @@ def loss_sum(model, batch) -> torch.Tensor:
             logits_to_keep=batch.keep,
         ).logits  # (1, K, V)
         return F.cross_entropy(logits[0].float(), batch.labels[0, batch.keep + 1], reduction="sum")
-    logits = model(input_ids=batch.input_ids).logits  # (B, T, V)
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits  # (B, T, V)
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), reduction="sum"
     )
@@ -48,7 +48,7 @@ def example_losses(model, split: TokenSplit, batch_size: int, pad_id: int) -> li
     out = []
     with torch.no_grad():
         for batch in eval_batches(split, batch_size, pad_id, 0):
-            logits = model(input_ids=batch.input_ids).logits[:, :-1].float()
+            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits[:, :-1].float()
             labels = batch.labels[:, 1:]
             per_token = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, T-1)
             counts = (labels != -100).sum(dim=1)

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from smolforge.core import styles
+from smolforge.core import positions, styles
 from smolforge.core.card import Task
 from smolforge.core.cli import StageError, produced_by
 from smolforge.core.io import meta_count, read_jsonl, read_meta
 from smolforge.core.styles import Formatted
 from smolforge.nets import layouts, reducer
 
-HELDOUT = ("test", "ood", "stratified12")
+HELDOUT = ("test", "ood", "stratified12", "swaps")
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,32 @@ def read_nets(folder: Path, split: str, meta: dict) -> list[str]:
     return out
 
 
-def record(rid: str, user: str, assistant: str, p: FormatParams) -> dict:
+def record(rid: str, user: str, assistant: str, p: FormatParams, jumps: list | None = None) -> dict:
     msgs = layouts.messages(user, assistant)
     segments = styles.render(msgs, p.chat_style, p.loss_on)
-    return {
+    rec = {
         "id": rid,
         "source": "generate",
         "messages": msgs,
         "segments": [[t, loss] for t, loss in segments],
     }
+    if jumps:
+        rec["position_jumps"] = jumps  # [[prompt symbol index, jump], ...]: smolforge.core.positions
+    return rec
+
+
+def spread_jumps(user: str, spread: int, rng: random.Random) -> list[list[int]]:
+    """Random position jumps before each net of a packed prompt but the first: the line's
+    last id lands anywhere from its width up to `spread` (uniform), cut at random points."""
+    symbols = user.split(" ")
+    starts = [i for i in range(2, len(symbols)) if symbols[i - 1] == layouts.FILL]  # after a separator
+    room = spread - (positions.OFFSET + len(symbols))  # ids left once the line is written
+    if not starts or room <= 0:
+        return []
+    total = rng.randint(0, room)
+    cuts = sorted(rng.randint(0, total) for _ in range(len(starts) - 1))
+    sizes = [b - a for a, b in zip([0] + cuts, cuts + [total])]
+    return [[i, j] for i, j in zip(starts, sizes) if j]
 
 
 def build(split_nets: list[str], split: str, p: FormatParams, heldout: set[str]) -> tuple[list[dict], int]:
@@ -83,7 +100,14 @@ def build_packed(split_nets: list[str], split: str, p: FormatParams, heldout: se
     rng = random.Random(f"{p.seed}-pack-{split}")
     rng.shuffle(kept)
     examples = layouts.packed(kept, p.layout, rng)
-    records = [record(f"{split}-p{k:06d}", user, answer, p) for k, (user, answer) in enumerate(examples)]
+    if not p.layout.spread:
+        records = [record(f"{split}-p{k:06d}", user, answer, p) for k, (user, answer) in enumerate(examples)]
+        return records, len(states) - len(kept)
+    spread_rng = random.Random(f"{p.seed}-spread-{split}")  # its own stream: the lines stay the same
+    records = [
+        record(f"{split}-p{k:06d}", user, answer, p, spread_jumps(user, p.layout.spread, spread_rng))
+        for k, (user, answer) in enumerate(examples)
+    ]
     return records, len(states) - len(kept)
 
 

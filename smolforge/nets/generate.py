@@ -2,7 +2,8 @@
 
 The splits (smolforge.nets.reducer.SplitSampler): test (the training lengths),
 stratified12 (a fixed length, stratified by step count, in the spirit of the A::B
-challenge), ood (lengths beyond the training range), val, and train.
+challenge), ood (lengths beyond the training range), swaps (the worst cases A^k D^k and
+C^k B^k, whose k^2 rewrites are the most a net of length 2k can take), val, and train.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class GenerateParams:
     stratified_length: int
     stratified_per_steps: int
     stratified_max_steps: int
+    swap_sizes: list[int]  # k of the worst-case nets A^k D^k and C^k B^k (set swaps)
 
     def check(self) -> list[str]:
         errors = []
@@ -40,6 +42,8 @@ class GenerateParams:
         for name in ("n_train", "n_val", "n_test", "n_ood", "stratified_per_steps"):
             if getattr(self, name) < 0:
                 errors.append(f"{name}: expected a count >= 0")
+        if any(k < 1 for k in self.swap_sizes):
+            errors.append(f"swap_sizes: expected sizes >= 1, got {self.swap_sizes}")
         if any(n < 1 for n in self.ood_lengths):
             errors.append(f"ood_lengths: expected lengths >= 1, got {self.ood_lengths}")
         if self.stratified_max_steps > reducer.max_steps(self.stratified_length):
@@ -63,6 +67,12 @@ def make_record(split: str, i: int, net: str) -> dict:
     }
 
 
+def swap_nets(k: int) -> list[str]:
+    """A^k D^k and C^k B^k: every A must pass every D (k^2 swaps), the longest reduction
+    of a net of length 2k."""
+    return ["A" * k + "D" * k, "C" * k + "B" * k]
+
+
 def sample_splits(p: GenerateParams) -> dict[str, list[str]]:
     """Compact nets of every split, held-out sets first (so training never meets them)."""
     sampler = reducer.SplitSampler(p.seed, p.max_heldout_share)
@@ -76,6 +86,7 @@ def sample_splits(p: GenerateParams) -> dict[str, list[str]]:
         splits["ood"] = [
             net for n in p.ood_lengths for net in sampler.heldout("ood", p.n_ood, range(n, n + 1))
         ]
+        splits["swaps"] = [net for k in p.swap_sizes for net in swap_nets(k)]
         splits["val"] = sampler.heldout("val", p.n_val, lengths)
     except ValueError as e:
         raise StageError(f"params.yaml: generate: {e}") from None

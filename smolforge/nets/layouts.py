@@ -35,6 +35,17 @@ Two more make every answer symbol depend on its own neighbourhood alone:
               ". D A"), so a net's first symbol has a left neighbour like every other
               symbol of a packed line, and is the same token as everywhere else
               (a BPE tokenizer writes a line's first symbol without its space)
+
+The frame fixes the answer's offset only up to its width: a longer net shifts every
+answer symbol away from its input. Position coupling removes the offset altogether:
+
+    positions coupled: each answer symbol gets the position id of the prompt symbol it is
+              rewritten from (smolforge.core.positions), so the inputs of every output
+              symbol sit at the same relative positions whatever the net's length;
+              prompts are not padded (the frame only caps packed lines' width)
+    spread N: coupled packed training lines spread their nets over position ids up to N
+              (random jumps between two nets), so training meets relative distances
+              far beyond a line's width, as long nets at evaluation do
 """
 
 from __future__ import annotations
@@ -71,6 +82,8 @@ class Layout:
     border: bool = False  # every line starts with FILL
     trace: TraceShape = "pass"  # full: whole reduction | step: one rewrite | pass: every redex
     strategy: reducer.Strategy = "priority"  # which redex full and step rewrite first
+    positions: Literal["sequential", "coupled"] = "sequential"  # coupled: answer symbol i at prompt symbol i's position
+    spread: int = 0  # coupled packed training lines: nets spread over position ids up to this (0: none)
 
     @classmethod
     def read(cls, data: object, where: str, stage: str) -> Layout:
@@ -86,13 +99,22 @@ class Layout:
 
     def check(self) -> list[str]:
         """What makes this layout unusable (pack needs aligned, unmarked lines)."""
-        if self.frame < 0:
-            return [f"frame: expected >= 0, got {self.frame}"]
+        if self.frame < 0 or self.spread < 0:
+            return [f"frame, spread: expected >= 0, got {self.frame}, {self.spread}"]
+        errors = []
         if self.trace == "pass" and self.pack and not (self.blanks and self.frame > 0 and not self.marks):
-            return [
+            errors.append(
                 "pack: needs blanks: true, frame > 0 and marks: false (a mark would speak for several nets)"
-            ]
-        return []
+            )
+        coupled = self.positions == "coupled"
+        if coupled and not (self.trace == "pass" and self.blanks and self.border and not self.marks):
+            errors.append(
+                "positions: coupled needs trace: pass, blanks: true, border: true and marks: false "
+                "(answer symbol i must stand where prompt symbol i stands)"
+            )
+        if self.spread and not (coupled and self.pack):
+            errors.append("spread: needs positions: coupled and pack: true (it spreads a packed line's nets)")
+        return errors
 
     def problems(self) -> list[str]:
         return self.check()
@@ -102,6 +124,11 @@ class Layout:
         if self.trace == "pass":
             return self
         return Layout(trace=self.trace, strategy=self.strategy)
+
+    @property
+    def padded(self) -> bool:
+        """Whether prompts are padded with FILL up to the frame (never when coupled)."""
+        return self.positions == "sequential"
 
 
 PLAIN = Layout()
@@ -182,7 +209,7 @@ def packed_line(group: list[str], used: int, layout: Layout) -> tuple[str, str]:
     """(user, assistant) of one packed line of `used` symbols."""
     user = f" {FILL} ".join(reducer.to_text(s) for s in group)
     return (
-        bordered(" ".join([user] + [FILL] * (layout.frame - used)), layout),
+        bordered(" ".join([user] + [FILL] * (layout.frame - used) * layout.padded), layout),
         bordered(f" {FILL} ".join(pass_body(s, layout) for s in group), layout),
     )
 
@@ -199,7 +226,8 @@ def prompt(state: str, layout: Layout = PLAIN) -> str:
     """The user text for `state`: the net, then FILL up to the frame (with blanks the
     empty net is one blank)."""
     text = net_text(state, layout)
-    return bordered(" ".join([text] + [FILL] * (layout.frame - max(len(state), 1))), layout)
+    pad = (layout.frame - max(len(state), 1)) * layout.padded
+    return bordered(" ".join([text] + [FILL] * pad), layout)
 
 
 def read_prompt(text: str) -> str | None:
@@ -322,3 +350,26 @@ def check_trace(
     correct = answer == truth.normal_form and failure != "looped"
     valid = failure is None and steps_ok and correct
     return Verdict(answer, correct, valid, lines == reference, failure, states)
+
+
+def context_needed(n: int, layout: Layout) -> int:
+    """Positions one decoding round of a net of `n` symbols needs (prompt and answer,
+    BOS to EOS, one token per symbol and mark): what must fit the model's context.
+    Coupled, the answer reuses the prompt's ids, so only the prompt's count."""
+    width = max(n, 1) + layout.border
+    if layout.trace == "pass":
+        if layout.positions == "coupled":
+            return width + 2  # BOS, the prompt, SEP
+        prompt_width = max(width, layout.frame + layout.border) if layout.padded else width
+        return 1 + prompt_width + 1 + width + layout.marks + 1
+    if layout.trace == "step":
+        return 1 + n + 1 + n + 1 + 1
+    return 1 + n + 1 + (reducer.max_steps(n) + 1) * (n + 2) + 1  # every line of the full trace
+
+
+def longest_fitting(layout: Layout, n_ctx: int) -> int:
+    """The longest net whose decoding fits `n_ctx` positions (0: none)."""
+    n = 0
+    while context_needed(n + 1, layout) <= n_ctx:
+        n += 1
+    return n
