@@ -5,7 +5,7 @@ Reads format's OUT (train.jsonl, val.jsonl, meta.json) and writes OUT/:
     tokenizer/            HF tokenizer files with the chat template inside (sentencepiece
                           also leaves its tokenizer.model there)
     {train,val}.{bin,idx,mask,bytes}   see smolforge/core/tokens.py
-    {train,val}.pos       position ids, for a nets layout with `positions: coupled` only
+    {train,val}.pos       position ids, only for a split whose examples have position jumps
     meta.json             backend, vocab size, dtype, token counts, tokenizer hash, each
                           validation example's source (val_sources), and format's task
                           record, passed on unchanged (smolforge/core/card.py)
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- encode and check the ids before writing anything
     encoded, mismatches = encode.encode_and_check(hf_tok, splits, paths, log)
-    coupled = (task.layout or {}).get("positions") == "coupled"  # the nets layout's position ids
-    positions = {name: encode.coupled_positions(paths[name], encoded[name]) for name in splits} if coupled else {}
+    # position ids are stored only where format asked for jumps (smolforge/core/positions.py)
+    jumps = {name: encode.read_jumps(path, meta_count(fmeta, f"{name}_examples")) for name, path in paths.items()}
+    positions = {name: encode.positions(hf_tok, splits[name], jumps[name]) for name in splits if any(jumps[name])}
 
     # ---- write
     with atomic_dir(args.out) as tmp:

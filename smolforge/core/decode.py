@@ -46,65 +46,53 @@ def greedy(
     return out
 
 
-def greedy_positioned(
-    model,
-    prompts: list[list[int]],
-    prompt_positions: list[list[int]],
-    answer_start: int,
-    max_new_tokens: list[int],
-    pad_id: int,
-    eos_id: int,
-    batch_size: int,
+def greedy_interleaved(
+    model, inputs: list[list[int]], bos_id: int, end_id: int, eos_id: int, batch_size: int
 ) -> list[tuple[list[int], bool]]:
-    """`greedy` with explicit position ids (coupled layouts, smolforge/core/positions.py):
-    each prompt token has its own id and the t-th new token gets `answer_start + t`.
-    HF `generate` derives ids from the attention mask, so this loop drives the KV cache
-    itself; rows are left-padded (pads masked out, id 0)."""
+    """Interleaved decoding (smolforge.nets.layouts, `interleave`): for input tokens
+    p_0 .. p_n the sequence is `BOS p_0 p_1 a_0 p_2 a_1 ... END a_n EOS`, where the input
+    tokens are fed and each answer token a_j is the model's greedy choice after p_{j+1}.
+
+    Returns each row's answer tokens a_0 .. a_n and whether the model then wrote EOS. A row
+    that writes EOS (or END) where an answer token belongs stops there, ended. Rows of a
+    batch share one schedule, two tokens a step (the last answer token and the next input
+    token), so they need no padding: a finished row is fed END until its batch is done.
+    """
     from transformers import DynamicCache
 
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), max_new_tokens[i]))
-    out: list[tuple[list[int], bool]] = [([], False) for _ in prompts]
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    out: list[tuple[list[int], bool]] = [([], False) for _ in inputs]
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        B, T = len(rows), max(len(prompts[i]) for i in rows)
-        ids = torch.full((B, T), pad_id, dtype=torch.long)
-        pos = torch.zeros((B, T), dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, T - len(prompts[i]) :] = torch.tensor(prompts[i])
-            pos[r, T - len(prompts[i]) :] = torch.tensor(prompt_positions[i])
-            mask[r, T - len(prompts[i]) :] = 1
-        budget = max(max_new_tokens[i] for i in rows)
-        new = torch.full((B, budget), pad_id, dtype=torch.long)
-        done = torch.zeros(B, dtype=torch.bool)
+        srcs = [inputs[i] + [end_id] for i in rows]  # p_0 .. p_n, END
+        B, longest = len(rows), max(len(p) for p in srcs)
+
+        def fed(j: int) -> torch.Tensor:
+            return torch.tensor([p[j] if j < len(p) else end_id for p in srcs])
+
+        answers: list[list[int]] = [[] for _ in rows]
+        ended, live = [False] * B, [True] * B
         cache = DynamicCache()
+        x = torch.stack([torch.full((B,), bos_id), fed(0), fed(1)], 1)
         with torch.no_grad():
-            logits = model(
-                input_ids=ids.to(device),
-                position_ids=pos.to(device),
-                attention_mask=mask.to(device),
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
-            for t in range(budget):
-                tok = torch.where(done, pad_id, logits.argmax(-1).cpu())  # (B,)
-                new[:, t] = tok
-                done |= tok == eos_id
-                if bool(done.all()) or t == budget - 1:
+            for j in range(longest):  # j: the answer token about to be read
+                logits = model(input_ids=x.to(device), past_key_values=cache, use_cache=True).logits
+                if j > 0:  # after a_{j-1}: EOS once the whole answer is written
+                    after = logits[:, 0].argmax(-1).tolist()
+                    for r in range(B):
+                        if live[r] and len(answers[r]) == len(srcs[r]) - 1:
+                            ended[r], live[r] = after[r] == eos_id, False
+                if not any(live):
                     break
-                mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], 1)
-                logits = model(
-                    input_ids=tok[:, None].to(device),
-                    position_ids=torch.full((B, 1), answer_start + t, device=device),
-                    attention_mask=mask.to(device),
-                    past_key_values=cache,
-                    use_cache=True,
-                ).logits[:, -1]
+                nxt = logits[:, -1].argmax(-1).cpu()  # a_j, read after p_{j+1}
+                for r, t in enumerate(nxt.tolist()):
+                    if live[r] and len(answers[r]) < len(srcs[r]) - 1:
+                        if t in (eos_id, end_id):
+                            ended[r], live[r] = True, False
+                        else:
+                            answers[r].append(t)
+                x = torch.stack([nxt, fed(j + 2)], 1)
         for r, i in enumerate(rows):
-            row = new[r].tolist()[: max_new_tokens[i]]
-            ended = eos_id in row
-            if ended:
-                row = row[: row.index(eos_id)]
-            out[i] = ([t for t in row if t != pad_id], ended)
+            out[i] = (answers[r], ended[r])
     return out

@@ -25,6 +25,9 @@ class LlamaDecoder:
         import llama_cpp
 
         self.lib = llama_cpp
+        from llama_cpp import _logger  # what Llama(verbose=False) does: only errors reach stderr
+
+        _logger.set_verbose(False)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
@@ -78,40 +81,72 @@ class LlamaDecoder:
         return {s: v.copy() for s, v in out.items()}
 
     def greedy(
-        self,
-        prompts: list[list[int]],
-        prompt_positions: list[list[int]],
-        answer_starts: list[int],
-        max_new_tokens: list[int],
-        eos_id: int,
+        self, prompts: list[list[int]], max_new_tokens: list[int], eos_id: int
     ) -> list[tuple[list[int], bool]]:
-        """(new token ids, whether EOS ended them) for each prompt, `n_seq` at a time; the
-        t-th new token of row i gets position `answer_starts[i] + t`."""
+        """(new token ids, whether EOS ended them) for each prompt, `n_seq` at a time:
+        plain greedy decoding, positions 0, 1, 2, ... as in `smolforge.core.decode.greedy`."""
         out: list[tuple[list[int], bool]] = []
         for start in range(0, len(prompts), self.n_seq):
-            rows = range(start, min(start + self.n_seq, len(prompts)))
-            self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
-            items = [
-                (tok, pos, s, k == len(prompts[i]) - 1)
-                for s, i in enumerate(rows)
-                for k, (tok, pos) in enumerate(zip(prompts[i], prompt_positions[i]))
-            ]
-            logits = self._decode(items)
+            rows = list(range(start, min(start + self.n_seq, len(prompts))))
+            self._clear()
+            logits = self._decode(
+                [(t, k, s, k == len(prompts[i]) - 1) for s, i in enumerate(rows) for k, t in enumerate(prompts[i])]
+            )
             new: dict[int, list[int]] = {s: [] for s in range(len(rows))}
             ended = dict.fromkeys(new, False)
-            for t in range(max(max_new_tokens[i] for i in rows)):
-                live = [s for s, i in enumerate(rows) if not ended[s] and len(new[s]) < max_new_tokens[i]]
-                if not live:
-                    break
+            for _ in range(max(max_new_tokens[i] for i in rows)):
                 step = []
-                for s in live:
+                for s, i in enumerate(rows):
+                    if ended[s] or len(new[s]) >= max_new_tokens[i]:
+                        continue
                     tok = int(np.argmax(logits[s]))
                     if tok == eos_id:
                         ended[s] = True
                         continue
                     new[s].append(tok)
-                    step.append((tok, answer_starts[start + s] + t, s, True))
-                if step:
-                    logits.update(self._decode(step))
+                    step.append((tok, len(prompts[i]) + len(new[s]) - 1, s, True))
+                if not step:
+                    break
+                logits.update(self._decode(step))
             out += [(new[s], ended[s]) for s in range(len(rows))]
         return out
+
+    def greedy_interleaved(
+        self, inputs: list[list[int]], bos_id: int, end_id: int, eos_id: int
+    ) -> list[tuple[list[int], bool]]:
+        """`smolforge.core.decode.greedy_interleaved` in llama.cpp: each row's sequence is
+        `BOS p_0 p_1 a_0 p_2 a_1 ... END a_n EOS`, the input tokens fed, each a_j the greedy
+        choice after p_{j+1}; a finished row is simply no longer fed."""
+        out: list[tuple[list[int], bool]] = []
+        for start in range(0, len(inputs), self.n_seq):
+            srcs = [p + [end_id] for p in inputs[start : start + self.n_seq]]
+            self._clear()
+            logits = self._decode(
+                [(t, k, s, k == 2) for s, p in enumerate(srcs) for k, t in enumerate([bos_id, p[0], p[1]])]
+            )
+            answers: dict[int, list[int]] = {s: [] for s in range(len(srcs))}
+            ended, live = dict.fromkeys(answers, False), dict.fromkeys(answers, True)
+            while any(live.values()):
+                step = []
+                for s, p in enumerate(srcs):
+                    if not live[s]:
+                        continue
+                    tok = int(np.argmax(logits[s]))
+                    j = len(answers[s])  # tokens so far: BOS p_0 p_1 (a p)^j; next position 2j + 3
+                    if j == len(p) - 1:  # the whole answer written: this is the token after a_n
+                        ended[s], live[s] = tok == eos_id, False
+                    elif tok in (eos_id, end_id):
+                        ended[s], live[s] = True, False
+                    else:
+                        answers[s].append(tok)
+                        if j + 2 < len(p):  # a_j, then p_{j+2}: logits after p_{j+2} give a_{j+1}
+                            step += [(tok, 2 * j + 3, s, False), (p[j + 2], 2 * j + 4, s, True)]
+                        else:  # a_n: its own logits say whether EOS follows
+                            step.append((tok, 2 * j + 3, s, True))
+                if step:
+                    logits.update(self._decode(step))
+            out += [(answers[s], ended[s]) for s in range(len(srcs))]
+        return out
+
+    def _clear(self) -> None:
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)

@@ -43,17 +43,30 @@ def read_sources(path: Path, expected: int | None) -> list[str]:
     return [str(rec.get("source", "")) for rec in read_jsonl(path, "format", expected=expected)]
 
 
-def coupled_positions(path: Path, encoded: list[tuple[list[int], list[int]]]) -> list[list[int]]:
-    """Each example's coupled position ids (smolforge/core/positions.py), from its record's
-    prompt (the user turn, one symbol per space-separated word) and `position_jumps`."""
-    from smolforge.core import positions
-
+def read_jumps(path: Path, expected: int | None) -> list[list | None]:
+    """Each record's `position_jumps` ([[segment, jump], ...], smolforge/core/positions.py)
+    or None; a malformed one names its line."""
     out = []
-    for lineno, (rec, (ids, _)) in enumerate(zip(read_jsonl(path, "format"), encoded), 1):
-        user = next((m["content"] for m in rec.get("messages", []) if m.get("role") == "user"), "")
-        where = f"{path}:{lineno}"
-        out.append(positions.for_example(len(ids), len(user.split(" ")), rec.get("position_jumps"), where))
+    for lineno, rec in enumerate(read_jsonl(path, "format", expected=expected), 1):
+        jumps = rec.get("position_jumps")
+        ok = jumps is None or (
+            isinstance(jumps, list)
+            and all(isinstance(j, list) and len(j) == 2 and all(isinstance(v, int) and v >= 0 for v in j) for j in jumps)
+        )
+        if not ok:
+            raise StageError(
+                f'{path}:{lineno}: field "position_jumps": expected [[segment, jump >= 0], ...] {produced_by("format")}'
+            )
+        out.append(jumps)
     return out
+
+
+def positions(hf_tok, examples: list[list[tuple[str, bool]]], jumps: list[list | None]) -> list[list[int]]:
+    """Each example's position ids with its jumps (segments tokenized as `encode` does)."""
+    from smolforge.core.positions import with_jumps
+
+    lengths = iter(len(ids) for ids in batch_ids(hf_tok, [t for ex in examples for t, _ in ex]))
+    return [with_jumps([next(lengths) for _ in ex], j) for ex, j in zip(examples, jumps)]
 
 
 def batch_ids(hf_tok, texts: list[str]) -> list[list[int]]:

@@ -1,70 +1,30 @@
-"""Coupled position ids: an answer that rewrites its prompt token for token shares its
-prompt's positions (position coupling, as for long addition in Cho et al. 2024).
+"""Position ids with jumps: a training example whose separate parts should sit far apart
+in position, though close in tokens.
 
-An example of such a task is `BOS p_0 .. p_{P-1} SEP a_0 .. a_{P-1} EOS`, where a_i is
-written from p_{i-1}, p_i, p_{i+1} (the nets `pass` shape with blanks and borders). With
-sequential positions the distance from a_i back to p_i grows with P, so a model trained
-on short lines meets unseen distances on long ones. Coupled, the ids are
+A packed line of the nets track holds several short nets side by side. At evaluation one
+long net fills the line, and its tokens meet distances to unrelated tokens (the far end
+of the line) that no short training line shows. Jumps close that gap: format records
+`position_jumps` `[[segment, jump], ...]` for an example (drawn from its seed), and from
+the first token of each listed segment on, every position id is `jump` larger. Ids still
+increase along the example, so causal attention, the KV cache and llama.cpp's "one more
+than the last" rule for positions are untouched; only training sees the jumps.
 
-    BOS   0
-    p_i   OFFSET + i (+ the jumps before i, training lines only)
-    SEP   right after p_{P-1}: the slot a right neighbour of the last symbol would take
-    a_i   id(p_i) + COUPLE
-    EOS   id(a_{P-1}) + 1
-
-The token that predicts a_{i+1} is a_i, whose inputs p_i .. p_{i+2} sit at relative
-positions COUPLE, COUPLE - 1, COUPLE - 2 from it, for every i and every P. With COUPLE
-= -1 they all lie *ahead* of the query's own id, where no earlier answer token can stand,
-so no answer token is ever confused with the prompt symbol it must read. At the right
-end, a_{P-1} finds SEP in p_P's slot: the line is over (EOS).
-
-Jumps (`jumps[i] = j`: the ids from p_i on move j further) spread a packed training
-line's separate nets over a wide range of ids, so training meets long relative distances
-between unrelated tokens, as evaluation on long nets does.
-
-torch-free: pretokenize (numpy) and evaluate both use it; llama.cpp's batch API takes the
-same per-token ids.
+pretokenize stores the ids as `<split>.pos` (smolforge/core/tokens.py), train feeds them
+to the model (smolforge/core/data.py).
 """
 
 from __future__ import annotations
 
-OFFSET = 1  # id of the prompt's first token (BOS is 0)
-COUPLE = -1  # id(a_i) - id(p_i)
 
-
-def prompt_ids(n_prompt: int, jumps: dict[int, int] | None = None) -> list[int]:
-    """Ids of `BOS p_0 .. p_{P-1} SEP` for a prompt of `n_prompt` tokens (SEP excluded)."""
-    out, shift = [0], 0
-    for i in range(n_prompt):
-        shift += (jumps or {}).get(i, 0)
-        out.append(OFFSET + i + shift)
-    out.append(out[-1] + 1 if n_prompt else OFFSET)
-    return out
-
-
-def answer_id(i: int) -> int:
-    """Id of answer token a_i at evaluation (no jumps)."""
-    return OFFSET + i + COUPLE
-
-
-def example_ids(n_prompt: int, jumps: dict[int, int] | None = None) -> list[int]:
-    """Ids of a whole training example `BOS p.. SEP a.. EOS` (2 * n_prompt + 3 tokens)."""
-    head = prompt_ids(n_prompt, jumps)
-    answer = [q + COUPLE for q in head[1:-1]]
-    return head + answer + [(answer[-1] if answer else head[-1]) + 1]
-
-
-def for_example(n_tokens: int, n_symbols: int, jumps: list | None, where: str) -> list[int]:
-    """Ids of one rendered training example of `n_tokens` tokens whose prompt holds
-    `n_symbols` symbols; refuses an example that is not `BOS p.. SEP a.. EOS` with one
-    token per symbol (coupling pairs tokens, so a tokenizer merge would misalign it)."""
-    from smolforge.core.cli import StageError
-
-    n_prompt = (n_tokens - 3) // 2
-    if n_tokens < 3 or (n_tokens - 3) % 2 or n_prompt != n_symbols:
-        raise StageError(
-            f"{where}: coupled positions need BOS, one token per prompt symbol, SEP, one per answer "
-            f"symbol, EOS; this example's {n_symbols} prompt symbols took {n_tokens} tokens in all "
-            "(a tokenizer that merges symbols cannot couple them: use tokenizer byte_bpe with vocab_size 272)"
-        )
-    return example_ids(n_prompt, {int(i): int(j) for i, j in (jumps or [])})
+def with_jumps(segment_lengths: list[int], jumps: list | None) -> list[int]:
+    """Position ids of an example whose segments have `segment_lengths` tokens, moved on
+    by each `[segment, jump]` from that segment's first token."""
+    at = {}
+    for seg, jump in jumps or []:
+        at[int(seg)] = at.get(int(seg), 0) + int(jump)
+    ids, shift, k = [], 0, 0
+    for s, n in enumerate(segment_lengths):
+        shift += at.get(s, 0)
+        ids.extend(range(k + shift, k + n + shift))
+        k += n
+    return ids

@@ -94,15 +94,14 @@ def load_model(hf_dir: Path, card: ModelCard):
 
 
 def hf_decoder(model, tok, layout: layouts.Layout, batch_size: int):
-    """decode(prompts, budgets) -> [(new ids, ended)] in transformers, batched greedy."""
-    from smolforge.core import positions
-    from smolforge.core.decode import greedy, greedy_positioned
+    """decode(token lists, budgets) -> [(new ids, ended)] in transformers, batched greedy;
+    interleaved, the token lists are the input symbols (smolforge.core.decode)."""
+    from smolforge.core.decode import greedy, greedy_interleaved
 
     def decode(prompts: list[list[int]], budgets: list[int]) -> list[tuple[list[int], bool]]:
-        if layout.positions == "coupled":  # BOS, a token per symbol, SEP: ids from the prompt's length
-            ids = [positions.prompt_ids(len(q) - 2) for q in prompts]
-            start = positions.answer_id(0)
-            return greedy_positioned(model, prompts, ids, start, budgets, tok.pad_token_id, tok.eos_token_id, batch_size)
+        if layout.interleave:
+            end = symbol_id(tok, layouts.END)
+            return greedy_interleaved(model, prompts, tok.bos_token_id, end, tok.eos_token_id, batch_size)
         return greedy(model, prompts, budgets, tok.pad_token_id, tok.eos_token_id, batch_size)
 
     return decode
@@ -110,31 +109,42 @@ def hf_decoder(model, tok, layout: layouts.Layout, batch_size: int):
 
 def llama_decoder(decoder, tok, layout: layouts.Layout):
     """The same contract, decoding a GGUF file in llama.cpp (smolforge.core.decode_llama)."""
-    from smolforge.core import positions
 
     def decode(prompts: list[list[int]], budgets: list[int]) -> list[tuple[list[int], bool]]:
-        if layout.positions == "coupled":
-            ids = [positions.prompt_ids(len(q) - 2) for q in prompts]
-            starts = [positions.answer_id(0)] * len(prompts)
-        else:
-            ids, starts = [list(range(len(q))) for q in prompts], [len(q) for q in prompts]
-        return decoder.greedy(prompts, ids, starts, budgets, tok.eos_token_id)
+        if layout.interleave:
+            end = symbol_id(tok, layouts.END)
+            return decoder.greedy_interleaved(prompts, tok.bos_token_id, end, tok.eos_token_id)
+        return decoder.greedy(prompts, budgets, tok.eos_token_id)
 
     return decode
+
+
+def symbol_id(tok, text: str) -> int:
+    """The one token of a symbol's text; interleaving needs one token a symbol."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise StageError(f"the model's tokenizer writes {text!r} as {len(ids)} tokens; interleaved nets need one a symbol")
+    return ids[0]
 
 
 def solve(decode, tok, layout: layouts.Layout, items: list[dict], n_ctx: int) -> list[tuple[list[str], bool]]:
     """The model's output lines for each net, and whether decoding hit the step limit;
     `decode` is `hf_decoder` or `llama_decoder`."""
+    symbols: dict[str, int] = {}
 
     def encode(state_text: str) -> list[int]:
+        if layout.interleave:  # the input symbols, each its own token, as format wrote them
+            return [symbols.setdefault(t, symbol_id(tok, t)) for t in layouts.symbol_texts(state_text)]
         msgs = [{"role": "user", "content": state_text}]
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return tok(text, add_special_tokens=False)["input_ids"]
 
     def run_batch(texts: list[str], budgets: list[int]) -> list[tuple[str, bool]]:
         outs = decode([encode(t) for t in texts], budgets)
-        return [(tok.decode(ids, skip_special_tokens=True), ended) for ids, ended in outs]
+        texts = [tok.decode(ids, skip_special_tokens=True) for ids, _ in outs]
+        if layout.interleave:  # every answer symbol was written after a space, the border too
+            texts = [t.removeprefix(" ") for t in texts]
+        return [(t, ended) for t, (_, ended) in zip(texts, outs)]
 
     # lines a trace may take: a rewrite each, the normal net's own line without marks
     n_max = [reducer.max_steps(len(it["net"])) + 1 + (not layout.marks) for it in items]
@@ -264,7 +274,7 @@ def on_llama_cpp(gguf_dir: Path, file_type: str, sets: dict, results: dict, tok,
         raise StageError(f"{path}: file not found {produced_by('convert')} (evaluate.<model>.gguf_file_types)")
     picked = {name: subsample(items, p.gguf_max_nets) for name, items in sets.items()}
     longest = max(len(sets[n][i]["net"]) for n, idx in picked.items() for i in idx)
-    seq_tokens = 2 * layouts.context_needed(longest, layout) + 8  # prompt and answer, coupled or not
+    seq_tokens = layouts.context_needed(longest, layout) + 8  # prompt and answer
     out, gaps, t0 = {"n": 0}, [], time.perf_counter()
     verdicts_all = []
     with LlamaDecoder(path, min(p.batch_size, 64), seq_tokens, p.threads) as dec:

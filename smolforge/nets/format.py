@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from smolforge.core import positions, styles
+from smolforge.core import styles
 from smolforge.core.card import Task
 from smolforge.core.cli import StageError, produced_by
 from smolforge.core.io import meta_count, read_jsonl, read_meta
@@ -51,7 +51,10 @@ def read_nets(folder: Path, split: str, meta: dict) -> list[str]:
 
 def record(rid: str, user: str, assistant: str, p: FormatParams, jumps: list | None = None) -> dict:
     msgs = layouts.messages(user, assistant)
-    segments = styles.render(msgs, p.chat_style, p.loss_on)
+    if p.layout.effective().interleave:
+        segments = layouts.interleaved_segments(user, assistant, styles.BOS, styles.EOS)
+    else:
+        segments = styles.render(msgs, p.chat_style, p.loss_on)
     rec = {
         "id": rid,
         "source": "generate",
@@ -59,22 +62,23 @@ def record(rid: str, user: str, assistant: str, p: FormatParams, jumps: list | N
         "segments": [[t, loss] for t, loss in segments],
     }
     if jumps:
-        rec["position_jumps"] = jumps  # [[prompt symbol index, jump], ...]: smolforge.core.positions
+        rec["position_jumps"] = jumps  # [[segment index, jump], ...]: smolforge.core.positions
     return rec
 
 
 def spread_jumps(user: str, spread: int, rng: random.Random) -> list[list[int]]:
-    """Random position jumps before each net of a packed prompt but the first: the line's
-    last id lands anywhere from its width up to `spread` (uniform), cut at random points."""
+    """Random position jumps before each net of an interleaved packed line but the first
+    (at the segment of its first input symbol, p_i: segment 2i): the line's last id lands
+    anywhere from its token count up to `spread` (uniform), cut at random points."""
     symbols = user.split(" ")
     starts = [i for i in range(2, len(symbols)) if symbols[i - 1] == layouts.FILL]  # after a separator
-    room = spread - (positions.OFFSET + len(symbols))  # ids left once the line is written
+    room = spread - (2 * len(symbols) + 3)  # ids left once the line's tokens are counted
     if not starts or room <= 0:
         return []
     total = rng.randint(0, room)
     cuts = sorted(rng.randint(0, total) for _ in range(len(starts) - 1))
     sizes = [b - a for a, b in zip([0] + cuts, cuts + [total])]
-    return [[i, j] for i, j in zip(starts, sizes) if j]
+    return [[2 * i, j] for i, j in zip(starts, sizes) if j]
 
 
 def build(split_nets: list[str], split: str, p: FormatParams, heldout: set[str]) -> tuple[list[dict], int]:

@@ -37,15 +37,19 @@ Two more make every answer symbol depend on its own neighbourhood alone:
               (a BPE tokenizer writes a line's first symbol without its space)
 
 The frame fixes the answer's offset only up to its width: a longer net shifts every
-answer symbol away from its input. Position coupling removes the offset altogether:
+answer symbol away from its input. Interleaving removes the offset altogether:
 
-    positions coupled: each answer symbol gets the position id of the prompt symbol it is
-              rewritten from (smolforge.core.positions), so the inputs of every output
-              symbol sit at the same relative positions whatever the net's length;
-              prompts are not padded (the frame only caps packed lines' width)
-    spread N: coupled packed training lines spread their nets over position ids up to N
-              (random jumps between two nets), so training meets relative distances
-              far beyond a line's width, as long nets at evaluation do
+    interleave: the training text writes each answer symbol right after the last input
+              symbol it depends on, `BOS p_0 p_1 a_0 p_2 a_1 ... p_n a_{n-1} END a_n EOS`
+              (p_0 and a_0 the borders, END a newline closing the input), so the inputs
+              of every answer symbol sit 0, 2 and 4 tokens back whatever the net's
+              length; evaluate feeds the input symbols and reads an answer symbol after
+              each (smolforge.core.decode). Prompts are not padded (the frame only caps
+              packed lines' width). The messages stay the readable user / assistant pair.
+    spread N: interleaved packed training lines move each net but the first further on
+              in position ids (random increasing jumps, up to N in all), so training
+              meets distances between unrelated tokens as long as a long net's line
+              has (evaluation itself always counts 0, 1, 2, ...)
 """
 
 from __future__ import annotations
@@ -82,8 +86,8 @@ class Layout:
     border: bool = False  # every line starts with FILL
     trace: TraceShape = "pass"  # full: whole reduction | step: one rewrite | pass: every redex
     strategy: reducer.Strategy = "priority"  # which redex full and step rewrite first
-    positions: Literal["sequential", "coupled"] = "sequential"  # coupled: answer symbol i at prompt symbol i's position
-    spread: int = 0  # coupled packed training lines: nets spread over position ids up to this (0: none)
+    interleave: bool = False  # each answer symbol written right after its inputs (pass, training text)
+    spread: int = 0  # interleaved packed training lines: nets spread over position ids up to this (0: none)
 
     @classmethod
     def read(cls, data: object, where: str, stage: str) -> Layout:
@@ -106,14 +110,13 @@ class Layout:
             errors.append(
                 "pack: needs blanks: true, frame > 0 and marks: false (a mark would speak for several nets)"
             )
-        coupled = self.positions == "coupled"
-        if coupled and not (self.trace == "pass" and self.blanks and self.border and not self.marks):
+        if self.interleave and not (self.trace == "pass" and self.blanks and self.border and not self.marks):
             errors.append(
-                "positions: coupled needs trace: pass, blanks: true, border: true and marks: false "
-                "(answer symbol i must stand where prompt symbol i stands)"
+                "interleave: needs trace: pass, blanks: true, border: true and marks: false "
+                "(answer symbol j must be written from input symbols j-1..j+1)"
             )
-        if self.spread and not (coupled and self.pack):
-            errors.append("spread: needs positions: coupled and pack: true (it spreads a packed line's nets)")
+        if self.spread and not (self.interleave and self.pack):
+            errors.append("spread: needs interleave: true and pack: true (it spreads a packed line's nets)")
         return errors
 
     def problems(self) -> list[str]:
@@ -127,8 +130,8 @@ class Layout:
 
     @property
     def padded(self) -> bool:
-        """Whether prompts are padded with FILL up to the frame (never when coupled)."""
-        return self.positions == "sequential"
+        """Whether prompts are padded with FILL up to the frame (never when interleaved)."""
+        return not self.interleave
 
 
 PLAIN = Layout()
@@ -354,12 +357,11 @@ def check_trace(
 
 def context_needed(n: int, layout: Layout) -> int:
     """Positions one decoding round of a net of `n` symbols needs (prompt and answer,
-    BOS to EOS, one token per symbol and mark): what must fit the model's context.
-    Coupled, the answer reuses the prompt's ids, so only the prompt's count."""
+    BOS to EOS, one token per symbol and mark): what must fit the model's context."""
     width = max(n, 1) + layout.border
     if layout.trace == "pass":
-        if layout.positions == "coupled":
-            return width + 2  # BOS, the prompt, SEP
+        if layout.interleave:
+            return 1 + 1 + 2 * width + 1  # BOS, p_0, (p_{j+1}, a_j) for each answer symbol, EOS
         prompt_width = max(width, layout.frame + layout.border) if layout.padded else width
         return 1 + prompt_width + 1 + width + layout.marks + 1
     if layout.trace == "step":
@@ -373,3 +375,26 @@ def longest_fitting(layout: Layout, n_ctx: int) -> int:
     while context_needed(n + 1, layout) <= n_ctx:
         n += 1
     return n
+
+
+END = "\n"  # closes an interleaved input: the right border of its last symbol
+
+
+def symbol_texts(line: str) -> list[str]:
+    """A line's symbols as the interleaved text writes them: the first bare, the others
+    after a space (as a BPE tokenizer sees them in a line)."""
+    words = line.split(" ")
+    return [words[0]] + [f" {w}" for w in words[1:]]
+
+
+def interleaved_segments(user: str, assistant: str, bos: str, eos: str) -> list[tuple[str, bool]]:
+    """The training segments `BOS p_0 p_1 a_0 ... END a_n EOS` of an interleaved example;
+    the answer symbols and EOS are the targets."""
+    prompt = symbol_texts(user) + [END]
+    answer = [f" {w}" for w in assistant.split(" ")]
+    if len(prompt) != len(answer) + 1:
+        raise ValueError(f"an interleaved answer needs one symbol per input symbol: {user!r} -> {assistant!r}")
+    segments = [(bos, False), (prompt[0], False)]
+    for j, a in enumerate(answer):
+        segments += [(prompt[j + 1], False), (a, True)]
+    return segments + [(eos, True)]

@@ -32,7 +32,7 @@ def test_records_are_messages_with_rendered_segments(tiny_run):
     # the step shape drops the pass options: the layout recorded is the one used
     assert meta["task"]["layout"] == {
         "blanks": False, "frame": 0, "marks": True, "pack": False, "border": False,
-        "trace": "step", "strategy": "priority", "positions": "sequential", "spread": 0,
+        "trace": "step", "strategy": "priority", "interleave": False, "spread": 0,
     }  # fmt: skip
 
 

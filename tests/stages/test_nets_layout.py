@@ -19,7 +19,7 @@ from tests.conftest import TINY_PARAMS, nets_run
 FRAME = 14  # the tiny OOD nets have length 12
 ALIGNED = layouts.Layout(True, FRAME)
 LOCAL = layouts.Layout(True, FRAME, marks=False, pack=True, border=True)
-COUPLED = dataclasses.replace(LOCAL, positions="coupled", spread=40)
+INTERLEAVED = dataclasses.replace(LOCAL, interleave=True, spread=80)
 
 
 def layout_run(d, layout: layouts.Layout) -> dict:
@@ -40,8 +40,8 @@ def local_run(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def coupled_run(tmp_path_factory) -> dict:
-    return layout_run(tmp_path_factory.mktemp("coupled"), COUPLED)
+def interleaved_run(tmp_path_factory) -> dict:
+    return layout_run(tmp_path_factory.mktemp("interleaved"), INTERLEAVED)
 
 
 def heldout_nets(run: dict) -> set[str]:
@@ -149,69 +149,74 @@ def test_other_shapes_ignore_the_layout_so_switching_trace_is_one_param():
     assert dataclasses.replace(LOCAL, marks=True).check()  # pack with marks: one mark for several nets
 
 
-def test_coupled_lines_are_unpadded_and_their_position_ids_are_stored(coupled_run):
-    """Format writes unpadded packed lines and their jumps; pretokenize stores every
-    token's id as smolforge.core.positions lays them out, and train trained on them."""
-    from smolforge.core import positions
+
+def test_interleaved_lines_are_unpadded_and_their_jumps_stored_as_position_ids(interleaved_run):
+    """Format writes unpadded packed lines, interleaved, with their jumps; pretokenize
+    stores a token per segment and each token's id with the jumps."""
+    from smolforge.core import positions, styles
     from smolforge.core.io import read_meta
     from smolforge.core.tokens import read_split
 
-    records = [json.loads(x) for x in (coupled_run["format"] / "train.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (interleaved_run["format"] / "train.jsonl").read_text().splitlines()]
     assert not any(r["messages"][0]["content"].endswith(" .") for r in records)  # no frame padding
     assert any(r.get("position_jumps") for r in records)
-    meta = read_meta(coupled_run["tokens"], "pretokenize", versions=(2,))
-    split = read_split(coupled_run["tokens"], "train", meta)
+    meta = read_meta(interleaved_run["tokens"], "pretokenize", versions=(2,))
+    split = read_split(interleaved_run["tokens"], "train", meta)
     assert split.positions is not None and len(split) == len(records)
     for i, rec in enumerate(records):
-        n_prompt = len(rec["messages"][0]["content"].split(" "))
-        jumps = {a: b for a, b in rec.get("position_jumps", [])}
-        assert split.example_positions(i).tolist() == positions.example_ids(n_prompt, jumps)
-        assert split.example_positions(i).max() <= COUPLED.spread + 2 * positions.OFFSET + 1
-    assert layouts.Layout.read(read_card(coupled_run["hf"]).task.layout, "card", "train") == COUPLED
+        user, answer = (m["content"] for m in rec["messages"])
+        segs = [tuple(s) for s in rec["segments"]]
+        assert segs == layouts.interleaved_segments(user, answer, styles.BOS, styles.EOS)
+        toks, mask = split.example(i)
+        assert len(toks) == len(segs) and mask.tolist() == [int(m) for _, m in segs]  # a token a segment
+        ids = split.example_positions(i).tolist()
+        assert ids == positions.with_jumps([1] * len(segs), rec.get("position_jumps"))
+        assert ids == sorted(ids) and ids[-1] <= INTERLEAVED.spread
+    assert layouts.Layout.read(read_card(interleaved_run["hf"]).task.layout, "card", "train") == INTERLEAVED
 
 
-def test_evaluate_decodes_coupled_prompts_with_their_position_ids(coupled_run, tmp_path, monkeypatch):
-    """A perfect stand-in for the model's decoder checks the ids evaluate gives it."""
-    from smolforge.core import decode, positions, tokenizer
+def test_evaluate_feeds_interleaved_inputs_and_reads_answers(interleaved_run, tmp_path, monkeypatch):
+    """A perfect stand-in for the interleaved decoder checks what evaluate feeds it (the
+    input symbols, a token each) and answers each with the reference pass."""
+    from smolforge.core import decode, tokenizer
 
-    tok = tokenizer.load(coupled_run["hf"])
+    tok = tokenizer.load(interleaved_run["hf"])
 
-    def perfect(model, prompts, prompt_ids, start, budgets, *args, **kw):
-        assert start == positions.answer_id(0)
+    def perfect(model, inputs, bos, end, eos, batch_size):
+        assert (bos, eos) == (tok.bos_token_id, tok.eos_token_id) and tok.decode([end]) == "\n"
         out = []
-        for ids, pos in zip(prompts, prompt_ids):
-            assert pos == positions.prompt_ids(len(ids) - 2)  # BOS, the symbols, SEP
-            user = tok.decode(ids, skip_special_tokens=True).split("\n")[0]
-            answer = layouts.pass_answer(layouts.read_prompt(user), COUPLED)
-            out.append((tok(answer, add_special_tokens=False)["input_ids"], True))
+        for ids in inputs:
+            user = "".join(tok.decode([i]) for i in ids)
+            answer = layouts.pass_answer(layouts.read_prompt(user), INTERLEAVED)
+            out.append(([tok(f" {w}", add_special_tokens=False)["input_ids"][0] for w in answer.split(" ")], True))
         return out
 
-    monkeypatch.setattr(decode, "greedy_positioned", perfect)
+    monkeypatch.setattr(decode, "greedy_interleaved", perfect)
     mine = tmp_path / "mine.jsonl"
-    long_net = "A " * 30 + "D " * 30  # far longer than any training line
+    long_net = "A " * 12 + "D " * 12  # longer than any training line (the frame is 14), fits the context of 64
     mine.write_text(json.dumps({"net": long_net.strip()}) + "\n" + json.dumps({"net": "A# #B B# #A"}) + "\n")
     out = tmp_path / "out"
     evaluate.main(
         [
-            "--params", str(coupled_run["params"]), "--model", "nets", "--hf", str(coupled_run["hf"]),
+            "--params", str(interleaved_run["params"]), "--model", "nets", "--hf", str(interleaved_run["hf"]),
             "--in", str(mine), "--live", str(out / "live"), "--out", str(out / "preds"),
         ]
     )  # fmt: skip
     m = json.loads((out / "live/metrics.json").read_text())
-    assert m["final_answer_accuracy"] == m["valid_trace_rate"] == 1.0
+    assert m["final_answer_accuracy"] == m["valid_trace_rate"] == m["exact_trace_accuracy"] == 1.0
     preds = [json.loads(x) for x in (out / "preds/predictions.jsonl").read_text().splitlines()]
-    assert preds[1]["net"] == "A# #B B# #A" and preds[1]["answer"] == "#B B#"  # A D C B -> D A B C -> D C, in its own notation
-    assert all("#" in line for line in preds[1]["output"])
+    assert preds[1]["net"] == "A# #B B# #A"  # A D C B -> D A B C -> D C, in its own notation
+    assert preds[1]["answer"] == "#B B#" and all("#" in line for line in preds[1]["output"])
 
 
-def test_users_nets_file_errors_name_the_user_not_a_stage(coupled_run, tmp_path, caplog):
+def test_users_nets_file_errors_name_the_user_not_a_stage(interleaved_run, tmp_path, caplog):
     from smolforge.core.cli import run
 
     def attempt(text: str) -> int:
         mine = tmp_path / "mine.jsonl"
         mine.write_text(text)
         argv = [
-            "--params", str(coupled_run["params"]), "--model", "nets", "--hf", str(coupled_run["hf"]),
+            "--params", str(interleaved_run["params"]), "--model", "nets", "--hf", str(interleaved_run["hf"]),
             "--in", str(mine), "--live", str(tmp_path / "live"), "--out", str(tmp_path / "preds"),
         ]  # fmt: skip
         return run(evaluate.main, argv)
@@ -219,8 +224,10 @@ def test_users_nets_file_errors_name_the_user_not_a_stage(coupled_run, tmp_path,
     assert attempt("") == 2 and "no nets in this file" in caplog.text
     assert attempt('{"net": "A B"}\n{"net": 3\n') == 2
     assert "mine.jsonl:2: not valid JSON" in caplog.text and "written by stage" not in caplog.text
-    n_ctx = json.loads((coupled_run["hf"] / "config.json").read_text())["max_position_embeddings"]
-    too_long = " ".join("A" * (n_ctx + 5))
+    n_ctx = json.loads((interleaved_run["hf"] / "config.json").read_text())["max_position_embeddings"]
+    longest = layouts.longest_fitting(INTERLEAVED, n_ctx)
+    too_long = " ".join("A" * (longest + 1))
     assert attempt(json.dumps({"net": "A D"}) + "\n" + json.dumps({"net": too_long}) + "\n") == 2
-    assert f"mine.jsonl:2: a net of {n_ctx + 5} symbols needs" in caplog.text
+    assert f"mine.jsonl:2: a net of {longest + 1} symbols needs" in caplog.text
+    assert f"the longest that fits is {longest} symbols" in caplog.text
     assert not (tmp_path / "preds").exists()

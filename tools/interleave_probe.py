@@ -1,21 +1,24 @@
-"""Position-coupling probe for the nets `pass` shape: can the model rewrite nets far longer
-than any training line if each answer symbol shares its position id with the prompt symbol
-it is rewritten from?
+"""Interleaved-layout probe for the nets `pass` shape: can the model rewrite nets far longer
+than any training line if it writes each answer symbol right after reading the input
+symbols it depends on?
 
 Outside the pipeline on purpose (like tools/length_probe.py): one symbol per token, packed
 training lines drawn on the fly from random nets of lengths 1..--maxlen (lines at most
 --frame symbols), loss on the answer only, the nets model's shape (smolforge.core.model).
 
-Layout (border on, blanks on, no marks): prompt `BOS . s_1 .. s_n SEP`, answer
-`. r_1 .. r_n EOS`, where r_j is s_j after one pass. Position ids: prompt symbol i at
-`off + i`, SEP at the slot right of the last symbol (it is the right border), answer symbol
-i at `off + i + couple`. The token that predicts r_j is answer symbol j - 1, so the three
-inputs r_j depends on sit at relative positions couple - 1 .. couple + 1 from it, whatever
-the net's length. `--gaps G`: in a packed line, the position ids jump by a random 0..G at
-each separator between two nets (prompt and answer alike), so training sees relative
-distances far beyond the line's width.
+Layout (border and blanks on): the prompt symbols p_0 = ".", p_1 .. p_n and a right border
+p_{n+1} = END are interleaved with the answer a_0 .. a_n (a_j is p_j after one pass,
+written from p_{j-1}, p_j, p_{j+1}):
 
-    python tools/coupling_probe.py --steps 1500 --gaps 160 --test 21,42,64,100
+    BOS p_0 p_1 a_0 p_2 a_1 ... p_n a_{n-1} END a_n EOS
+
+The token that predicts a_j is p_{j+1}; its inputs sit 0, 2 and 4 tokens back, whatever
+the net's length. Decoding feeds the prompt symbols and appends the model's answer
+symbols (positions 0, 1, 2, ... as usual). `--gaps G`: in a packed training line the
+position ids jump by a random 0..G before each net but the first (still increasing), so
+training meets long distances between unrelated tokens.
+
+    python tools/interleave_probe.py --steps 700 --gaps 100 --test 21,64,100
 """
 
 from __future__ import annotations
@@ -36,17 +39,17 @@ from smolforge.core.model import LlamaShape, build, llama_config  # noqa: E402
 from smolforge.nets import reducer  # noqa: E402
 
 VOCAB = {c: i for i, c in enumerate("ABCD_.")}
-SEP, EOS, BOS, PAD = 6, 7, 8, 9
+END, EOS, BOS, PAD = 6, 7, 8, 9
 SYMBOL = {i: c for c, i in VOCAB.items()}
 
 
 def pass_line(state: str) -> str:
     """One parallel pass with annihilated pairs kept as "__" ("_" stays "_")."""
-    out, i = [], 0
+    rules, out, i = dict(reducer.RULES), [], 0
     while i < len(state):
         pair = state[i : i + 2]
-        if pair in dict(reducer.RULES):
-            out.append(dict(reducer.RULES)[pair] or "__")
+        if pair in rules:
+            out.append(rules[pair] or "__")
             i += 2
         else:
             out.append(state[i])
@@ -54,29 +57,27 @@ def pass_line(state: str) -> str:
     return "".join(out)
 
 
-def positions(src: str, gaps: list[int], a) -> tuple[list[int], int]:
-    """Position ids of `. src` (gaps[i] added from symbol i on) and SEP's position."""
-    pos, shift = [], 0
-    for i in range(len(src) + 1):
-        shift += gaps[i]
-        pos.append(a.off + i + shift)
-    return pos, pos[-1] + 1
-
-
 def example(parts: list[str], a, rng: random.Random):
-    """(ids, position ids, prompt length) of one packed training line."""
-    src = ".".join(p or "_" for p in parts)
-    line = ".".join(pass_line(p) if p else "_" for p in parts)
-    gaps = [0] * (len(src) + 1)
-    if a.gaps:
-        for i, c in enumerate("." + src):
-            if i > 0 and c == ".":
-                gaps[i + 1] += rng.randint(0, a.gaps)  # the next net starts further on
-    p_pos, sep_pos = positions(src, gaps, a)
-    ids = [BOS] + [VOCAB[c] for c in "." + src] + [SEP] + [VOCAB[c] for c in "." + line] + [EOS]
-    a_pos = [q + a.couple for q in p_pos]
-    pos = [0] + p_pos + [sep_pos] + a_pos + [a_pos[-1] + 1]
-    return ids, pos, len(src) + 3
+    """(ids, position ids, targets) of one packed training line."""
+    src = "." + ".".join(p or "_" for p in parts)
+    line = "." + ".".join(pass_line(p) if p else "_" for p in parts)
+    p = [VOCAB[c] for c in src] + [END]
+    ans = [VOCAB[c] for c in line]
+    ids, tgt = [BOS, p[0]], [-100, -100]
+    for j in range(len(ans)):
+        ids += [p[j + 1], ans[j]]
+        tgt += [ans[j], -100]  # p_{j+1} predicts a_j
+    tgt[-1] = EOS  # a_n predicts EOS
+    ids.append(EOS)
+    tgt.append(-100)
+    pos, shift = [], 0
+    for k, t in enumerate(ids):
+        # a jump before each net's first symbol but the first net's (k: p_{j+1} sits at 2j+2)
+        if a.gaps and k >= 4 and k % 2 == 0 and (k - 2) // 2 + 1 < len(src) and src[(k - 2) // 2] == "." and (k - 2) // 2 > 0:
+            shift += rng.randint(0, a.gaps)
+        pos.append(k + shift)
+    # targets are shifted by one in the loss: tgt[k] is what the token at k predicts
+    return ids, pos, tgt
 
 
 def packed_lines(a, rng: random.Random):
@@ -96,7 +97,7 @@ def packed_lines(a, rng: random.Random):
 
 
 def train(a, rng: random.Random):
-    shape = LlamaShape(a.dim, a.layers, 4, 4, 3 * a.dim, 4096, a.rope_theta)
+    shape = LlamaShape(a.dim, a.layers, 4, 4, 3 * a.dim, 8192, a.rope_theta)
     model = build(llama_config(shape, 10, BOS, EOS, PAD), a.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.98), weight_decay=0.1)
     lines, t0 = packed_lines(a, rng), time.time()
@@ -109,54 +110,51 @@ def train(a, rng: random.Random):
         T = max(len(ids) for ids, _, _ in batch)
         x, y = torch.full((a.batch, T), PAD), torch.full((a.batch, T), -100)
         pos = torch.zeros((a.batch, T), dtype=torch.long)
-        for i, (ids, p, k) in enumerate(batch):
-            x[i, : len(ids)], pos[i, : len(ids)] = torch.tensor(ids), torch.tensor(p)
-            y[i, k - 1 : len(ids) - 1] = torch.tensor(ids[k:])
+        for i, (ids, p, t) in enumerate(batch):
+            x[i, : len(ids)], pos[i, : len(ids)], y[i, : len(ids)] = torch.tensor(ids), torch.tensor(p), torch.tensor(t)
         logits = model(input_ids=x, position_ids=pos).logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 250 == 0 or step == a.steps - 1:
+        if step % 100 == 0 or step == a.steps - 1:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     return model.eval()
 
 
 @torch.no_grad()
-def greedy(model, states: list[str], a) -> list[tuple[str, bool]]:
-    """One pass of each state, decoded greedily with coupled positions and a KV cache."""
+def one_pass(model, states: list[str]) -> list[tuple[str, bool]]:
+    """One pass of each state: feed its symbols, read the answer symbol after each."""
     from transformers import DynamicCache
 
-    prompts = [[BOS] + [VOCAB[c] for c in "." + s] + [SEP] for s in states]
-    T = max(len(p) for p in prompts)
-    x = torch.full((len(states), T), PAD)
-    pos = torch.zeros((len(states), T), dtype=torch.long)
-    mask = torch.zeros((len(states), T), dtype=torch.long)
-    for r, (p, s) in enumerate(zip(prompts, states)):
-        p_pos, sep_pos = positions(s, [0] * (len(s) + 1), a)
-        x[r, T - len(p) :] = torch.tensor(p)
-        pos[r, T - len(p) :] = torch.tensor([0] + p_pos + [sep_pos])
-        mask[r, T - len(p) :] = 1
+    B = len(states)
+    srcs = [[VOCAB[c] for c in "." + (s or "_")] + [END] for s in states]  # p_0 .. p_{n+1}
+    n_max = max(len(p) for p in srcs) - 2  # the largest n
+    feed = lambda j: torch.tensor([p[j] if j < len(p) else END for p in srcs])  # noqa: E731
     cache = DynamicCache()
-    out = model(input_ids=x, position_ids=pos, attention_mask=mask, past_key_values=cache, use_cache=True)
-    budget = max(len(s) for s in states) + 2
-    new = []
-    for t in range(budget):
-        nxt = out.logits[:, -1].argmax(-1)  # (B,)
-        new.append(nxt)
-        mask = torch.cat([mask, torch.ones((len(states), 1), dtype=torch.long)], 1)
-        step_pos = torch.full((len(states), 1), a.off + t + a.couple)  # answer symbol t
-        out = model(
-            input_ids=nxt[:, None], position_ids=step_pos, attention_mask=mask, past_key_values=cache, use_cache=True
-        )
-    gen = torch.stack(new, 1).tolist()
-    texts = []
-    for g in gen:
-        ended = EOS in g
-        g = g[: g.index(EOS)] if ended else g
-        texts.append(("".join(SYMBOL.get(t, "?") for t in g), ended))
-    return texts
+    x = torch.stack([torch.full((B,), BOS), feed(0), feed(1)], 1)
+    logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
+    answers, ended, alive = [[] for _ in states], [False] * B, [True] * B
+    for j in range(n_max + 2):
+        # logits[:, -1] follow p_{j+1}: a_j; logits[:, 0] (j >= 1) follow a_{j-1}: EOS after a_n
+        if j >= 1:
+            after = logits[:, 0].argmax(-1).tolist()
+            for r in range(B):
+                if alive[r] and len(answers[r]) == len(srcs[r]) - 1:  # a_n written
+                    ended[r], alive[r] = after[r] == EOS, False
+        if j > n_max:
+            break
+        nxt = logits[:, -1].argmax(-1)
+        for r, t in enumerate(nxt.tolist()):
+            if alive[r] and len(answers[r]) < len(srcs[r]) - 1:
+                if t not in SYMBOL:
+                    alive[r] = False  # EOS or END where a symbol belongs: malformed
+                else:
+                    answers[r].append(t)
+        x = torch.stack([nxt, feed(j + 2)], 1)
+        logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
+    return [("".join(SYMBOL[t] for t in ans), e) for ans, e in zip(answers, ended)]
 
 
 def accuracy(model, a, n: int) -> float:
@@ -168,8 +166,7 @@ def accuracy(model, a, n: int) -> float:
             break
         outs = []
         for s in range(0, len(active), a.eval_batch):
-            chunk = active[s : s + a.eval_batch]
-            outs += greedy(model, [state[i] or "_" for i in chunk], a)
+            outs += one_pass(model, [state[i] for i in active[s : s + a.eval_batch]])
         if a.show and k == 0:
             for i, (text, ended) in list(zip(active, outs))[: a.show]:
                 print(f"  {state[i]} -> {text!r} ended={ended}")
@@ -189,20 +186,18 @@ def accuracy(model, a, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--couple", type=int, default=-1, help="answer position - prompt position")
-    ap.add_argument("--off", type=int, default=2, help="position id of the prompt's border")
-    ap.add_argument("--gaps", type=int, default=0, help="random position jump at separators, 0..G")
+    ap.add_argument("--gaps", type=int, default=0, help="random position jump before each packed net, 0..G")
     ap.add_argument("--frame", type=int, default=48, help="longest packed line, in symbols")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--rope-theta", type=float, default=1e4)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--maxlen", type=int, default=21)
-    ap.add_argument("--test", default="21,42,64,100")
+    ap.add_argument("--test", default="21,64,100")
     ap.add_argument("--ntest", type=int, default=100)
-    ap.add_argument("--eval-batch", type=int, default=128)
+    ap.add_argument("--eval-batch", type=int, default=256)
     ap.add_argument("--show", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
