@@ -69,12 +69,16 @@ def main(argv: list[str] | None = None) -> None:
     val_split = tokens.read_split(args.tokens, "val", meta)
     if len(train_split) == 0:
         raise StageError(f"{args.tokens}/train.idx: no training examples {produced_by('pretokenize')}")
-    longest = int(max(train_split.offsets[1:] - train_split.offsets[:-1]))
-    if p.model is not None and longest > p.model.max_seq_len:
-        raise StageError(
-            f"params.yaml: train.{args.model}.model.max_seq_len {p.model.max_seq_len} is shorter "
-            f"than the longest training example ({longest} tokens)"
-        )
+    # the longest example, validation included: the model is scored on those too.
+    # `model.max_seq_len: auto` becomes exactly this (smolforge/core/model.py fit)
+    longest = max(meta["counts"][name]["max_example_tokens"] for name in ("train", "val"))
+    if p.init == "scratch" and p.model is not None:
+        try:
+            model_lib.fit(p.model, longest)
+        except ValueError as e:
+            raise StageError(
+                f"{args.params}: train.{args.model}.model.{e} ({args.tokens}/meta.json)"
+            ) from None
 
     if p.processes > 1 and "WORLD_SIZE" not in os.environ:
         # ---- relaunch this very command under torchrun; its ranks do the work

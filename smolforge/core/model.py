@@ -5,7 +5,9 @@ which `smolforge.gguf.export` maps to llama.cpp's names with a table.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -17,11 +19,15 @@ class LlamaShape:
     n_heads: int
     n_kv_heads: int  # grouped-query attention when < n_heads
     ffn_dim: int  # SwiGLU intermediate size
-    max_seq_len: int  # longest sequence the model is configured for (RoPE, no table)
+    # longest sequence the model is configured for (RoPE, no table); auto: the longest
+    # example of the token files, training and validation (see `fit`)
+    max_seq_len: int | Literal["auto"]
     rope_theta: float
 
     def check(self) -> list[str]:
         errors = []
+        if self.max_seq_len != "auto" and self.max_seq_len < 1:
+            errors.append(f"max_seq_len: expected auto or >= 1, got {self.max_seq_len}")
         if self.dim % self.n_heads:
             errors.append(f"dim: {self.dim} is not divisible by n_heads {self.n_heads}")
         elif (self.dim // self.n_heads) % 2:
@@ -31,9 +37,26 @@ class LlamaShape:
         return errors
 
 
+def fit(shape: LlamaShape, longest: int) -> LlamaShape:
+    """`shape` with a context that holds `longest` tokens: `max_seq_len: auto` becomes
+    exactly `longest`; a number shorter than that is refused (ValueError, which says what
+    to set)."""
+    if shape.max_seq_len == "auto":
+        return dataclasses.replace(shape, max_seq_len=longest)
+    if shape.max_seq_len < longest:
+        raise ValueError(
+            f"max_seq_len {shape.max_seq_len} is shorter than the longest example ({longest} tokens); "
+            f"set it to {longest} or more, or to auto"
+        )
+    return shape
+
+
 def llama_config(shape: LlamaShape, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
-    """A `transformers.LlamaConfig` for `shape` and a tokenizer's vocabulary."""
+    """A `transformers.LlamaConfig` for `shape` (its context resolved: see `fit`) and a
+    tokenizer's vocabulary."""
     from transformers import LlamaConfig
+
+    assert isinstance(shape.max_seq_len, int), "max_seq_len: auto must be resolved with fit() first"
 
     return LlamaConfig(
         vocab_size=vocab_size,

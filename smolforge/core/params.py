@@ -2,7 +2,9 @@
 
 Fields have no defaults: `params.yaml` is the only place a value is written. The loader
 reports every problem of a section at once (unknown key with a suggestion, missing key,
-wrong type or value) before a stage does any work or writes anything.
+wrong type or value) before a stage does any work or writes anything, together with any
+conflict between sections of the file (smolforge.core.crosscheck): a stage reads only
+its own section, but refuses to run on a file whose sections disagree.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from smolforge.core import crosscheck
 from smolforge.core.cli import StageError
 
 T = TypeVar("T")
@@ -53,18 +56,45 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_params(section: str, cls: type[T], path: Path | str = "params.yaml") -> T:
-    """Read `section` (dotted, e.g. "train.nets") of `path` into the dataclass `cls`."""
+    """Read `section` (dotted, e.g. "train.nets") of `path` into the dataclass `cls`; refuse
+    the file if the section has problems or the file's sections conflict."""
     data = read_yaml(Path(path))
+    value, errors = convert_section(data, section, cls)
+    clashes = crosscheck.conflicts(data)
+    if errors is None:
+        raise StageError(f"{path}: missing section {section}")
+    if errors or clashes:
+        raise StageError(problems_message(path, {section: errors}, clashes))
+    return value
+
+
+def convert_section(data: Any, section: str, cls: type[T]) -> tuple[T | None, list[str] | None]:
+    """(the dataclass, its problems) of `section` of a parsed params file; problems is None
+    when the section is missing."""
     node: Any = data
     for part in section.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise StageError(f"{path}: missing section {section}")
+            return None, None
         node = node[part]
     errors: list[str] = []
     value = _convert(node, cls, f"{section}", errors)
-    if errors:
-        raise StageError(f"{path}: {len(errors)} problem(s) in section {section}:\n  " + "\n  ".join(errors))
-    return value
+    return value, errors
+
+
+def problems_message(
+    path: Path | str, by_section: dict[str, list[str]], clashes: list[str], hint: bool = True
+) -> str:
+    """One message for every problem of a params file: by section, then the conflicts
+    (with `hint`, how to list every problem of the file, not only this stage's)."""
+    parts = [
+        f"{path}: {len(errors)} problem(s) in section {section}:\n  " + "\n  ".join(errors)
+        for section, errors in by_section.items()
+        if errors
+    ]
+    if clashes:
+        more = " (python -m stages.check lists every problem of the file)" if hint else ""
+        parts.append(f"{path}: {len(clashes)} conflict(s) between sections{more}:\n  " + "\n  ".join(clashes))
+    return "\n".join(parts)
 
 
 def parse_params(data: Any, cls: type[T], where: str) -> T:

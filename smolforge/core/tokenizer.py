@@ -350,7 +350,8 @@ def byte_bpe_parts(hf_tokenizer) -> dict:
     return {"tokens": tokens, "merges": merges, "special": special}
 
 
-# which optional fields each backend needs; the others must be null
+# which optional fields each backend uses; the others are ignored (they may stay set, so
+# switching the backend is one param)
 _NEEDS = {
     "base": ("base",),
     "sentencepiece": ("vocab_size",),
@@ -363,21 +364,25 @@ _MIN_VOCAB = {"byte_bpe": 260, "sentencepiece": 261}
 
 @dataclass(frozen=True)
 class PretokenizeParams:
+    """Stage pretokenize's params for one model (`pretokenize.<model>`). Each backend reads
+    only its own fields (`used`); the others are ignored, so they may stay set."""
+
     tokenizer: Literal["base", "sentencepiece", "tiktoken", "byte_bpe"]
     base: str | None  # base: embedded, a .gguf file, an HF model directory or a hub id
     vocab_size: int | None  # sentencepiece, byte_bpe: upper bound; training stops early when no merge is left
     encoding: str | None  # tiktoken: an encoding that ships offline
 
+    def used(self) -> dict[str, str | int]:
+        """The optional fields this backend reads, by name (what meta.json records)."""
+        return {name: getattr(self, name) for name in _NEEDS[self.tokenizer]}
+
     def check(self) -> list[str]:
         needs = _NEEDS[self.tokenizer]
-        problems = []
-        for name in ("base", "vocab_size", "encoding"):
-            value = getattr(self, name)
-            if name in needs and value is None:
-                problems.append(f"{name}: required for tokenizer {self.tokenizer}")
-            elif name not in needs and value is not None:
-                users = ", ".join(k for k, v in _NEEDS.items() if name in v)
-                problems.append(f"{name}: must be null for tokenizer {self.tokenizer} (used by {users})")
+        problems = [
+            f"{name}: required for tokenizer {self.tokenizer}"
+            for name in needs
+            if getattr(self, name) is None
+        ]
         low = _MIN_VOCAB.get(self.tokenizer, 0)
         if "vocab_size" in needs and self.vocab_size is not None and not low <= self.vocab_size <= 2**20:
             problems.append(f"vocab_size: expected {low}..{2**20} (256 bytes + specials + merges)")

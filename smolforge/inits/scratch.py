@@ -9,10 +9,11 @@ from smolforge.core.train import TrainParams
 
 
 def build(p: TrainParams, meta: dict, tokens_dir: Path, longest: int, rank: int):
-    """A Llama with the token files' vocabulary and special ids, its weights drawn from `p.seed`
-    (the same on every rank: DDP starts from one model)."""
+    """A Llama with the token files' vocabulary and special ids and a context of at least
+    `longest` tokens (`max_seq_len: auto` takes exactly that), its weights drawn from
+    `p.seed` (the same on every rank: DDP starts from one model)."""
     ids = meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"]
-    return model_lib.build(model_lib.llama_config(p.model, *ids), p.seed)
+    return model_lib.build(model_lib.llama_config(model_lib.fit(p.model, longest), *ids), p.seed)
 
 
 def save(model, folder: Path) -> None:

@@ -131,7 +131,7 @@ PARAMS = {
     "format.nets": ("seed", ("loss_on", "sideways", "expected one of")),
     "format.chat": ("seed", ("val_share", 1.5, "expected 0 <= val_share < 1")),
     "pretokenize.nets": ("vocab_size", ("vocab_size", 10, "expected 260..")),
-    "pretokenize.chat": ("tokenizer", ("vocab_size", 300, "must be null for tokenizer base")),
+    "pretokenize.chat": ("tokenizer", ("base", None, "required for tokenizer base")),
     "train.nets": ("lr", ("max_steps", 0, "expected >= 1")),
     "train.chat": ("lr", ("min_lr", 1.0, "expected 0 <= min_lr <= lr")),
     "convert.nets": ("threads", ("parity_examples", 0, "expected >= 1")),

@@ -78,11 +78,15 @@ def test_token_files_decode_to_the_rendered_text(tiny_run):
 
 
 def test_sentencepiece_backend(tiny_run, tmp_path):
-    params = params_with(tiny_run, tmp_path, tokenizer="sentencepiece", vocab_size=300)
+    # a base and an encoding left set are ignored: switching the backend is one param
+    params = params_with(
+        tiny_run, tmp_path, tokenizer="sentencepiece", vocab_size=300, base="embedded", encoding="cl100k_base"
+    )
     out, metrics = tmp_path / "tok", tmp_path / "m.json"
     assert run_stage(params, tiny_run["format"], out, metrics) == 0
     meta = check_token_files(out, tiny_run["format"])
     assert meta["tokenizer"] == "sentencepiece" and (out / "tokenizer" / "tokenizer.model").is_file()
+    assert "base" not in meta and "encoding" not in meta  # what it ignored is not recorded
     assert (meta["bos_id"], meta["eos_id"], meta["pad_id"]) == (1, 2, 3)
     assert json.loads(metrics.read_text())["segment_boundary_mismatches"] == 0
 
@@ -99,18 +103,22 @@ def test_tiktoken_backend_writes_uint32(tiny_run, tmp_path):
 
 
 def test_param_problems_are_listed_together(tiny_run, tmp_path, caplog):
-    params = params_with(
-        tiny_run, tmp_path, tokenizer="sentencepiece", base="embedded", vocab_size=None, encoding="o200k"
-    )
+    params = params_with(tiny_run, tmp_path, tokenizer="tiktoken", base=3, encoding=["o200k"], vocab=1)
     out, metrics = tmp_path / "tok", tmp_path / "m.json"
     assert run_stage(params, tiny_run["format"], out, metrics) == 2
     assert "3 problem(s) in section pretokenize.nets" in caplog.text
-    assert "pretokenize.nets.base: must be null for tokenizer sentencepiece (used by base)" in caplog.text
+    assert "pretokenize.nets.base: expected str, got 3" in caplog.text  # ignored, but typed
+    assert "pretokenize.nets.encoding: expected str, got ['o200k']" in caplog.text
+    assert "pretokenize.nets.vocab: unknown key (did you mean vocab_size?)" in caplog.text
+    assert not out.exists() and not metrics.exists()
+
+
+def test_a_backend_needs_its_own_fields(tiny_run, tmp_path, caplog):
+    params = params_with(tiny_run, tmp_path, tokenizer="sentencepiece", vocab_size=None, encoding="o200k")
+    out, metrics = tmp_path / "tok", tmp_path / "m.json"
+    assert run_stage(params, tiny_run["format"], out, metrics) == 2
+    assert "1 problem(s) in section pretokenize.nets" in caplog.text  # encoding: not its field
     assert "pretokenize.nets.vocab_size: required for tokenizer sentencepiece" in caplog.text
-    assert (
-        "pretokenize.nets.encoding: must be null for tokenizer sentencepiece (used by tiktoken)"
-        in caplog.text
-    )
     assert not out.exists() and not metrics.exists()
 
 

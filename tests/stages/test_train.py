@@ -210,12 +210,42 @@ def test_a_malformed_task_in_pretokenize_meta_is_refused_up_front(tiny_run, tmp_
 
 def test_sequence_longer_than_model_is_refused_up_front(tiny_run, tmp_path, caplog):
     params = tmp_path / "params.yaml"
-    params.write_text(tiny_run["params"].read_text().replace("max_seq_len: 64", "max_seq_len: 8"))
+    data = yaml.safe_load(tiny_run["params"].read_text())
+    data["train"]["nets"]["model"]["max_seq_len"] = 8
+    data["convert"]["nets"]["modelfile"]["num_ctx"] = 8  # else the sections conflict: refused before train
+    params.write_text(yaml.safe_dump(data))
     paths = {**tiny_run, "hf": tmp_path / "hf", "state": tmp_path / "state"}
     assert run(train.main, train_argv(params, paths, tmp_path / "m")) == 2
-    assert "max_seq_len 8 is shorter than the longest training example" in caplog.text
+    counts = json.loads((tiny_run["tokens"] / "meta.json").read_text())["counts"]
+    longest = max(counts["train"]["max_example_tokens"], counts["val"]["max_example_tokens"])
+    assert (
+        f"train.nets.model.max_seq_len 8 is shorter than the longest example ({longest} tokens)"
+        in caplog.text
+    )
+    assert f"set it to {longest} or more, or to auto" in caplog.text
     assert listing(tmp_path) == ["params.yaml"]
     shutil.rmtree(tmp_path / "m", ignore_errors=True)
+
+
+def test_max_seq_len_auto_is_the_longest_example_validation_included(tiny_run, tmp_path):
+    from transformers import AutoConfig
+
+    # validation examples are longer than any training example: auto must hold them too
+    tokens = tmp_path / "tokens"
+    shutil.copytree(tiny_run["tokens"], tokens)
+    meta = json.loads((tokens / "meta.json").read_text())
+    longest = meta["counts"]["train"]["max_example_tokens"]
+    meta["counts"]["val"]["max_example_tokens"] = longest + 7
+    (tokens / "meta.json").write_text(json.dumps(meta))
+    data = yaml.safe_load(tiny_run["params"].read_text())
+    data["train"]["nets"].update(max_steps=1, eval_every=1, checkpoint_every=1)
+    data["train"]["nets"]["model"]["max_seq_len"] = "auto"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    paths = {**tiny_run, "tokens": tokens, "hf": tmp_path / "hf", "state": tmp_path / "state"}
+    train.main(train_argv(params, paths, tmp_path / "m"))
+    assert AutoConfig.from_pretrained(str(paths["hf"])).max_position_embeddings == longest + 7
+    assert card.read_card(paths["hf"]).train_params["model"]["max_seq_len"] == "auto"
 
 
 def test_processes_above_one_relaunches_the_same_command_under_torchrun(tiny_run, tmp_path, monkeypatch):
