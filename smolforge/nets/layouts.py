@@ -110,9 +110,11 @@ class Layout:
             errors.append(
                 "pack: needs blanks: true, frame > 0 and marks: false (a mark would speak for several nets)"
             )
-        if self.interleave and not (self.trace == "pass" and self.blanks and self.border and not self.marks):
+        if self.trace != "pass":
+            return errors  # the pass options do not apply (effective() drops them)
+        if self.interleave and not (self.blanks and self.border and not self.marks):
             errors.append(
-                "interleave: needs trace: pass, blanks: true, border: true and marks: false "
+                "interleave: needs blanks: true, border: true and marks: false "
                 "(answer symbol j must be written from input symbols j-1..j+1)"
             )
         if self.spread and not (self.interleave and self.pack):

@@ -45,6 +45,8 @@ def test_interleaved_prompts_are_never_padded_and_the_layout_checks_its_needs():
     assert INTERLEAVED.check() == []
     assert layouts.Layout(trace="pass", interleave=True).check()  # needs blanks, border, no marks
     assert layouts.Layout(spread=100).check()  # spread only spreads interleaved packed lines
+    # other shapes ignore the pass options: switching trace stays one param
+    assert layouts.Layout(trace="full", interleave=True, spread=100).check() == []
 
 
 def test_jumps_move_every_id_from_their_segment_on_and_keep_ids_increasing():
