@@ -2,7 +2,10 @@
 
 Validation loss of the finetune and of its base on pretokenize's val split (target
 tokens only, as in training), and both models' answers to a fixed prompt set
-(smolforge.chat.evaluation). The flat figures of its summary are the headline metrics
+(smolforge.chat.evaluation). With the model's GGUF folder (convert's OUT), the same
+prompts go to the GGUF in llama.cpp through `create_chat_completion`, as a user of
+llama.cpp or its server would send them, and `gguf_stopped_share` counts the answers that
+ended by themselves (`finish_reason: "stop"`) rather than at the token limit. The flat figures of its summary are the headline metrics
 (rounded); nested ones (per source) go to OUT/details.json with the rest. Writes the
 per-example losses as a table for `dvc plots` and the answers as OUT/answers.jsonl and
 OUT/answers.md (a readable table).
@@ -23,7 +26,8 @@ from smolforge.core.io import read_meta
 
 # flat figures of the summary that stay out of the headline (about 10 figures): counts that
 # only change with the data, not with the model; they are in OUT/details.json
-DETAIL_ONLY = ("val_examples", "prompts")
+DETAIL_ONLY = ("val_examples", "prompts", "val_target_bytes", "gguf_file")
+GGUF_PREFERENCE = ("q8_0", "f16", "f32")  # the file llama.cpp answers with: the smallest exported
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,31 @@ def read_val(src: Path, card: ModelCard):
     return val, meta.get("val_sources")
 
 
+def in_llama_cpp(gguf_dir: Path, p: EvaluateParams, card: ModelCard, answers: list[dict], log) -> dict:
+    """Answer the fixed prompts with the GGUF in llama.cpp's chat completion (its own chat
+    template and end-of-generation tokens, greedy, the model's own context length); each
+    answer row gains `gguf` and `gguf_finish_reason`."""
+    files = [gguf_dir / f"model-{ft}.gguf" for ft in GGUF_PREFERENCE]
+    path = next((f for f in files if f.is_file()), None)
+    if path is None:
+        raise StageError(f"{gguf_dir}: no model-(q8_0|f16|f32).gguf {produced_by('convert')}")
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=0, n_threads=p.threads, seed=0, verbose=False)
+    system = [{"role": "system", "content": card.task.system}] if card.task.system else []
+    for row in answers:
+        out = llm.create_chat_completion(
+            messages=system + [{"role": "user", "content": row["prompt"]}],
+            max_tokens=p.max_new_tokens,
+            temperature=0.0,
+        )
+        choice = out["choices"][0]
+        row["gguf"], row["gguf_finish_reason"] = choice["message"]["content"], choice["finish_reason"]
+    stopped = sum(r["gguf_finish_reason"] == "stop" for r in answers) / max(len(answers), 1)
+    log.info("llama.cpp (%s): %d of %d answers ended by themselves", path.name, round(stopped * len(answers)), len(answers))
+    return {"gguf_file": path.name, "gguf_stopped_share": round(stopped, 4)}
+
+
 def g6(v: float | None) -> float | None:
     """A loss to 6 significant digits (None: no base model)."""
     return None if v is None else float(f"{v:.6g}")
@@ -65,6 +94,8 @@ def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log, g
     t0 = time.perf_counter()
     result = evaluation.measure(hf_dir, base, val, p, card.task, sources=sources)
     details = evaluation.summary(result) | {"per_source": evaluation.per_source(result)}
+    if gguf_dir is not None:
+        details |= in_llama_cpp(gguf_dir, p, card, result.answers, log)
     metrics = rounded(
         {k: v for k, v in details.items() if not isinstance(v, (dict, list)) and k not in DETAIL_ONLY}
     )

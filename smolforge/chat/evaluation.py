@@ -148,11 +148,16 @@ def per_source(result: Result) -> dict:
 
 
 def answers_table(answers: list[dict]) -> str:
-    """A Markdown table: prompt | finetune | base (newlines and pipes escaped)."""
+    """A Markdown table: prompt | finetune | base, and the GGUF's answer in llama.cpp with
+    how it ended when there is one (newlines and pipes escaped)."""
 
     def cell(text: str | None) -> str:
         return "-" if text is None else text.replace("|", "\\|").replace("\n", "<br>")
 
-    lines = ["| prompt | finetune | base |", "|---|---|---|"]
-    lines += [f"| {cell(a['prompt'])} | {cell(a['finetune'])} | {cell(a['base'])} |" for a in answers]
+    gguf = any("gguf" in a for a in answers)
+    head = ["prompt", "finetune", "base"] + (["GGUF in llama.cpp", "ended"] if gguf else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in answers:
+        cells = [a["prompt"], a["finetune"], a["base"]] + ([a.get("gguf"), a.get("gguf_finish_reason")] if gguf else [])
+        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

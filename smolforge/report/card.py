@@ -37,6 +37,22 @@ def by_length(name: str, groups: dict) -> list[str]:
     return [f"*{name.replace('_', ' ')}*", "", *table(["length", "n", *keys], rows), ""]
 
 
+def llama_cpp_section(gguf: dict, source: str) -> list[str]:
+    """details.json's `llama_cpp`: each GGUF file's final-answer accuracy in llama.cpp by set
+    and length, beside the HF model's on the same nets."""
+    out = [f"**Accuracy in llama.cpp beside HF, same nets** (`{source}`: llama_cpp)", ""]
+    rows = []
+    for file_type, d in gguf.items():
+        for key, groups in d.items():
+            if key.endswith("_by_length"):
+                rows += [
+                    [file_type, key.removesuffix("_by_length"), int(n), g["n"], g["final_answer_accuracy"], g["hf_final_answer_accuracy"]]
+                    for n, g in sorted(groups.items(), key=lambda kv: int(kv[0]))
+                ]
+    header = ["file", "set", "length", "n", "llama.cpp final answer", "HF final answer"]
+    return out + table(header, rows) + [""]
+
+
 def model_section(
     m: Model, plots: list[str], metrics_dir: str, evaluated_dir: str, samples: int
 ) -> list[str]:
@@ -56,10 +72,12 @@ def model_section(
     for name, groups in m.details.items():
         if name.endswith("_by_length") and groups:
             out += by_length(name, groups)
+    if m.details.get("llama_cpp"):
+        out += llama_cpp_section(m.details["llama_cpp"], details)
     nested = {
         k: v
         for k, v in m.details.items()
-        if isinstance(v, dict) and k not in sets and not k.endswith("_by_length")
+        if isinstance(v, dict) and k not in sets and not k.endswith("_by_length") and k != "llama_cpp"
     }
     for name, value in nested.items():
         out += figures(name.replace("_", " ").capitalize(), details, value)

@@ -110,3 +110,21 @@ def test_timings_name_the_stage_of_each_timing_file(tmp_path):
     (tmp_path / "train/chat_timing.json").write_text('{"wall_s": 89.5, "threads": 2}')
     (tmp_path / "scrape_timing.json").write_text('{"elapsed_s": 14.168}')
     assert gather.timings(tmp_path) == {"scrape": 14.2, "train@chat": 89.5}
+
+
+def test_llama_cpp_accuracy_is_tabulated_beside_hf_by_set_and_length():
+    from smolforge.report.card import llama_cpp_section
+
+    gguf = {
+        "q8_0": {
+            "n": 3,
+            "final_answer_accuracy": 0.6667,
+            "ood_by_length": {
+                "100": {"n": 1, "final_answer_accuracy": 0.0, "hf_final_answer_accuracy": 1.0},
+                "64": {"n": 2, "final_answer_accuracy": 1.0, "hf_final_answer_accuracy": 1.0},
+            },
+        }
+    }
+    lines = llama_cpp_section(gguf, "d/details.json")
+    assert lines[0].startswith("**Accuracy in llama.cpp beside HF")
+    assert lines[4:6] == ["| q8_0 | ood | 64 | 2 | 1 | 1 |", "| q8_0 | ood | 100 | 1 | 0 | 1 |"]
