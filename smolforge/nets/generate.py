@@ -79,6 +79,7 @@ def sample_splits(p: GenerateParams) -> dict[str, list[str]]:
     lengths = range(p.train_lengths[0], p.train_lengths[1] + 1)
     splits: dict[str, list[str]] = {}
     try:
+        swaps = sampler.claim("swaps", [net for k in p.swap_sizes for net in swap_nets(k)])  # fixed: first
         splits["test"] = sampler.heldout("test", p.n_test, lengths)
         splits["stratified12"] = sampler.by_steps(
             "stratified12", p.stratified_length, p.stratified_per_steps, p.stratified_max_steps
@@ -86,7 +87,7 @@ def sample_splits(p: GenerateParams) -> dict[str, list[str]]:
         splits["ood"] = [
             net for n in p.ood_lengths for net in sampler.heldout("ood", p.n_ood, range(n, n + 1))
         ]
-        splits["swaps"] = [net for k in p.swap_sizes for net in swap_nets(k)]
+        splits["swaps"] = swaps
         splits["val"] = sampler.heldout("val", p.n_val, lengths)
     except ValueError as e:
         raise StageError(f"params.yaml: generate: {e}") from None

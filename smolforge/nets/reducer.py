@@ -213,6 +213,18 @@ class SplitSampler:
     def _room(self, n: int) -> bool:
         return self.claimed_by_length.get(n, 0) + 1 <= self.max_heldout_share * 4**n
 
+    def claim(self, split: str, nets: list[str]) -> list[str]:
+        """Hold out fixed nets (the worst-case swaps) for `split`: no other split, training
+        included, draws them. A net another split claimed already is refused."""
+        out = []
+        for net in dict.fromkeys(nets):
+            if net in self.owner:
+                raise ValueError(f"split {split}: {to_text(net)} is held out by split {self.owner[net]} already")
+            self.owner[net] = split
+            self.claimed_by_length[len(net)] = self.claimed_by_length.get(len(net), 0) + 1
+            out.append(net)
+        return out
+
     def heldout(self, split: str, count: int, lengths: range) -> list[str]:
         """`count` distinct nets, none claimed by another split, lengths uniform."""
         out: list[str] = []

@@ -21,7 +21,7 @@ def read(path):
 def test_writes_disjoint_splits_with_exact_answers(tiny_params, tmp_path):
     out = tmp_path / "gen"
     generate.main(argv(tiny_params, out, tmp_path / "m.json"))
-    files = {"train", "val", "test", "ood", "stratified12"}
+    files = {"train", "val", "test", "ood", "stratified12", "swaps"}
     assert {p.stem for p in out.glob("*.jsonl")} == files
     seen: dict[str, str] = {}
     for split in files:
@@ -38,6 +38,8 @@ def test_writes_disjoint_splits_with_exact_answers(tiny_params, tmp_path):
     assert sorted(r["steps"] for r in strat) == list(range(7))
     assert all(r["length"] == 6 for r in strat)
     assert {r["length"] for r in read(out / "ood.jsonl")} == {12}
+    assert [r["net"] for r in read(out / "swaps.jsonl")] == ["A A A A A D D D D D", "C C C C C B B B B B"]
+    assert [r["steps"] for r in read(out / "swaps.jsonl")] == [25, 25]  # k^2: every A passes every D
     meta = json.loads((out / "meta.json").read_text())
     assert meta["counts"] == json.loads((tmp_path / "m.json").read_text())["counts"]
     assert meta["counts"]["train"] == 300
