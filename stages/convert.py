@@ -8,7 +8,8 @@ the model card smolforge.json; written by stage train) and TOKENS/{meta.json,val
     model-<type>.gguf     one per convert.<model>.file_types (f32, f16, q8_0), with the
                           tokenizer and chat template inside
     Modelfile             Ollama: FROM ./model-<modelfile.file_type>.gguf, the chat
-                          template as a Go template, stop words, persona, sampling
+                          template as a Go template, stop words, persona, sampling,
+                          num_ctx (auto: the model's context length)
     parity.json           per file type: max_abs_logit_diff and top1_agreement (llama.cpp
                           vs HF on the first parity_examples validation examples),
                           perplexity and hf_perplexity (on those examples' trained tokens),
@@ -55,12 +56,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- load and check: train's model (config, card, weights), pretokenize's examples
     config = check_hf_dir(args.hf)
-    n_ctx = config.get("max_position_embeddings", 0)
-    if p.modelfile.num_ctx > n_ctx:
+    try:  # auto: the model's own context length
+        num_ctx = p.modelfile.context(config.get("max_position_embeddings", 0))
+    except ValueError as e:
         raise StageError(
-            f"{args.params}: {section}.modelfile.num_ctx: {p.modelfile.num_ctx} exceeds the model's "
-            f"context length {n_ctx} ({args.hf}/config.json max_position_embeddings)"
-        )
+            f"{args.params}: {section}.modelfile.{e} ({args.hf}/config.json max_position_embeddings)"
+        ) from None
     examples = parity_examples(args.tokens, config.get("vocab_size", 0), p.parity_examples)
     try:
         src = export.load_source(args.hf, name=args.model)  # reads the card before the weights
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         mf, tok = p.modelfile, src.tokenizer
         text = modelfile.build(
             f"model-{mf.file_type}.gguf", tok.chat_template, src.card.task, tok.bos_token, tok.eos_token,
-            mf.temperature, mf.num_ctx, name=args.model,
+            mf.temperature, num_ctx, name=args.model,
         )  # fmt: skip
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
         write_json(tmp / "parity.json", metrics)

@@ -2,12 +2,14 @@
 
 Reads scrape's documents (passed through by synthesize), the conversations and the QA
 pairs, renders them in the chosen chat style (smolforge.chat.corpus), removes
-duplicates, splits train/val and applies the source weights.
+duplicates, splits train/val and applies the source weights. The persona (`system`, else
+the one synthesize wrote the QA answers in) and the default task tag (task_tags) go into
+the task record, so every runtime later defaults to what training used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +29,7 @@ class FormatParams:
     sources: dict[str, float]  # source -> weight (times each training example is used)
     chat_style: styles.RealStyle
     loss_on: Literal["assistant", "all"]
-    system: str  # persona context as a system turn of every chat example ('' none)
+    system: str  # persona, a system turn of every chat ('': synthesize's QA persona, on QA pairs)
     tokenizer: str  # base model whose tokenizer counts chunk tokens (and gives `template`)
     chunk_tokens: int
     val_share: float
@@ -69,6 +71,23 @@ def read_sources(folder: Path, p: FormatParams) -> dict[str, list[dict]]:
     return out
 
 
+def data_persona(folder: Path) -> str:
+    """The persona synthesize's QA answers were written in (its meta.json "persona", which
+    synthesize records from synthesize.qa.persona); '' when it recorded none."""
+    meta = read_meta(folder, "synthesize", versions=(1,))
+    persona = meta.get("persona", "")
+    if not isinstance(persona, str):
+        raise StageError(
+            f'{folder}/meta.json: field "persona": expected a string, got {persona!r} {produced_by("synthesize")}'
+        )
+    return persona.strip()
+
+
+def persona_system(persona: str) -> str:
+    """A persona ("the author of these essays, ...") as a system turn ("You are the author ...")."""
+    return f"You are {persona.rstrip('.')}." if persona else ""
+
+
 def record_problem(rec: dict, source: str) -> str | None:
     """What is wrong with one record of `source` (None: nothing)."""
     if source == "essays":
@@ -87,15 +106,21 @@ def record_problem(rec: dict, source: str) -> str | None:
     return None
 
 
-def render(records: dict[str, list[dict]], style: corpus.Style, p: FormatParams, count) -> list[dict]:
-    """Every record rendered in `style`, linted; a failure names the style and the example."""
+def render(
+    records: dict[str, list[dict]], style: corpus.Style, p: FormatParams, count, qa_system: str = ""
+) -> list[dict]:
+    """Every record rendered in `style`, linted; a failure names the style and the example.
+
+    qa_system: the system turn of QA examples when `style` has none (the persona their
+    answers were written in)."""
     examples = []
     if "essays" in records:
         examples += corpus.essay_examples(records["essays"], style, p.chunk_tokens, count)
     for source in ("conversations", "qa"):
         if source in records:
+            styled = replace(style, system=qa_system) if source == "qa" and not style.system else style
             try:
-                examples += corpus.chat_examples(records[source], source, style)
+                examples += corpus.chat_examples(records[source], source, styled)
             except ValueError as e:
                 raise StageError(f"format: chat style {p.chat_style!r}: {e}") from None
     problems = corpus.lint(examples, style)
@@ -109,9 +134,16 @@ def render(records: dict[str, list[dict]], style: corpus.Style, p: FormatParams,
 def format_records(src: Path, p: FormatParams, section: str) -> Formatted:
     """Read synthesize's folder, render, dedupe, split and weigh the examples."""
     records = read_sources(src, p)
+    # the persona the QA answers were written in: format.chat.system where it is set, else
+    # the one synthesize recorded, as the system turn of the QA examples (the default of
+    # every runtime afterwards: the card's `system`, the GGUF, the Modelfile's SYSTEM)
+    qa_system = p.system or (persona_system(data_persona(src)) if records.get("qa") else "")
+    # the default task: the one the persona's answers were trained under when there are QA
+    # examples (NanoPhi's [QA]), else conversation ([Chat]); the chat command's --tag picks another
+    default_tag = styles.TASK_TAGS["qa"] if records.get("qa") else styles.TASK_TAGS["conversations"]
     tok = pretrained.load_tokenizer(p.tokenizer)
     try:
-        template = styles.style_template(p.chat_style, tok.chat_template)
+        template = styles.style_template(p.chat_style, tok.chat_template, default_tag)
     except ValueError as e:
         raise StageError(f"params.yaml: {section}.chat_style: {e}") from None
     style = corpus.Style(
@@ -121,7 +153,7 @@ def format_records(src: Path, p: FormatParams, section: str) -> Formatted:
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    examples = render(records, style, p, count)
+    examples = render(records, style, p, count, qa_system)
     unique, n_dupes = corpus.dedupe(examples)
     train, val = corpus.split(unique, p.val_share, p.seed)
     weighted = corpus.weigh(train, p.sources, p.seed)
@@ -145,7 +177,7 @@ def format_records(src: Path, p: FormatParams, section: str) -> Formatted:
         chat_style=p.chat_style,
         chat_template=template,
         stop=styles.STOP_WORDS[p.chat_style],
-        system=p.system,
+        system=qa_system,
         layout={},
     )
     summary = (

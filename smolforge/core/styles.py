@@ -61,23 +61,34 @@ def template(style: ChatStyle) -> str:
 # in the GGUF) and `smolforge.chat.cli` build a prompt exactly as training did. Styles:
 #
 #   template      the base tokenizer's own template (SmolLM2: <|im_start|>role\n...<|im_end|>)
-#   human_bot     nanoChatGPT:  <human> ... <endOfText>\n<bot> ... <endOfText>\n
+#   human_bot     nanoChatGPT:  <human> ...EOS\n<bot> ...EOS\n
 #   chat_builder  chat-builder: ~ term\n= student line\n# teacher line\n
-#   task_tags     NanoPhi:      User: [Tag] ...\nBot: [Tag] ...<eot>\n
+#   task_tags     NanoPhi:      User: [Tag] ...EOS\nBot: [Tag] ...EOS\n
 #   plain         as above (the nets model): <s>user\nassistant</s>
 #
+# A turn ends with one token that every runtime can be told to stop at: the tokenizer's
+# EOS (`eos_token`: SmolLM2's <|im_end|>, a trained tokenizer's format EOS), or for
+# chat_builder, whose turns are lines, the newline. nanoChatGPT and NanoPhi wrote
+# `<endOfText>` / `<eot>` as plain text; in a pretrained vocabulary that is 4-5 ordinary
+# tokens, which llama.cpp and Ollama cannot stop at by token id, and which a short
+# finetune does not learn to emit (docs/chat.md, "Stop words and runtimes").
+#
 # Templates may read two extra variables: `term` (chat-builder's key term; format passes
-# a conversation's word) and `tag` (NanoPhi's task tag; default Chat).
+# a conversation's word) and `tag` (NanoPhi's task tag; format passes each source's tag,
+# and a template's default is the tag of the model's default task, see `style_template`).
 
 RealStyle = Literal["template", "human_bot", "chat_builder", "task_tags", "plain"]
+
+TASK_TAGS = {"conversations": "Chat", "qa": "QA"}  # NanoPhi-style task tag of each chat source
+DEFAULT_TAG = "Chat"  # task_tags' default where no data says otherwise
 
 _STYLE_TEMPLATES = {
     "plain": _PLAIN_TEMPLATE,
     "human_bot": (
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
-        "{% elif message['role'] == 'user' %}{{ '<human> ' + message['content'] + ' <endOfText>\n' }}"
-        "{% else %}{{ '<bot> ' + message['content'] + ' <endOfText>\n' }}{% endif %}"
+        "{% elif message['role'] == 'user' %}{{ '<human> ' + message['content'] + eos_token + '\n' }}"
+        "{% else %}{{ '<bot> ' + message['content'] + eos_token + '\n' }}{% endif %}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<bot>' }}{% endif %}"
     ),
     "chat_builder": (
@@ -89,34 +100,62 @@ _STYLE_TEMPLATES = {
         "{% endfor %}{% if add_generation_prompt %}{{ '#' }}{% endif %}"
     ),
     "task_tags": (
-        "{% set t = tag if tag is defined and tag else 'Chat' %}"
+        "{% set t = tag if tag is defined and tag else '@TAG@' %}"
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
-        "{% elif message['role'] == 'user' %}{{ 'User: [' + t + '] ' + message['content'] + '\n' }}"
-        "{% else %}{{ 'Bot: [' + t + '] ' + message['content'] + '<eot>\n' }}{% endif %}"
+        "{% elif message['role'] == 'user' %}{{ 'User: [' + t + '] ' + message['content'] + eos_token + '\n' }}"
+        "{% else %}{{ 'Bot: [' + t + '] ' + message['content'] + eos_token + '\n' }}{% endif %}"
         "{% endfor %}{% if add_generation_prompt %}{{ 'Bot: [' + t + ']' }}{% endif %}"
     ),
 }
 
-# What ends an assistant turn besides EOS: generation stops at the first of these.
+# Besides the turn's end token (EOS; chat_builder's newline), what ends an assistant turn:
+# the next speaker's tag, for a model that skips its end token. Generation stops at the
+# first of these wherever a runtime can be told a stop string.
 STOP_WORDS: dict[str, list[str]] = {
     "template": [],
     "plain": [],
-    "human_bot": ["<endOfText>", "<human>"],
+    "human_bot": ["<human>", "<bot>"],
     "chat_builder": ["\n"],
-    "task_tags": ["<eot>", "\nUser:"],
+    "task_tags": ["\nUser:", "\nBot:"],
 }
 
 
-def style_template(style: str, base_template: str | None = None) -> str:
-    """The Jinja template of `style`; `template` is the base tokenizer's own."""
+def check_tag(tag: str) -> str | None:
+    """What is wrong with a task tag (None: nothing): it sits between brackets on one line."""
+    if not tag or tag != tag.strip() or any(c in tag for c in "[]\n\r'\\{}%"):
+        return f"task tag {tag!r} must be non-empty text without brackets, quotes, braces, backslashes or newlines"
+    return None
+
+
+def style_template(style: str, base_template: str | None = None, default_tag: str = DEFAULT_TAG) -> str:
+    """The Jinja template of `style`; `template` is the base tokenizer's own.
+
+    default_tag: the task tag task_tags renders when the caller passes none (llama.cpp,
+    Ollama and HF `apply_chat_template` never do): the tag of the model's default task.
+    """
     if style == "template":
         if not base_template:
             raise ValueError("chat style 'template' needs a tokenizer that has a chat template")
         return base_template
     if style not in _STYLE_TEMPLATES:
         raise ValueError(f"unknown chat style {style!r} (known: template, {', '.join(_STYLE_TEMPLATES)})")
-    return _STYLE_TEMPLATES[style]
+    problem = check_tag(default_tag)
+    if problem:
+        raise ValueError(problem)
+    return _STYLE_TEMPLATES[style].replace("@TAG@", default_tag)
+
+
+def turn_end(template: str, bos: str, eos: str) -> str:
+    """The text `template` writes right after an assistant answer (its end-of-turn marker
+    and what follows it, e.g. "<|im_end|>\n", "</s>", "\n"); '' when the template writes
+    the answer at the very end of the chat and nothing after it."""
+    sentinel = "ANSWERq7Zx"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}]
+    text = render_text(template, messages, bos, eos)
+    if text.count(sentinel) != 1:
+        raise ValueError("the chat template does not write an answer exactly once")
+    return text.split(sentinel, 1)[1]
 
 
 def _environment():

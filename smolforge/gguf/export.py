@@ -7,12 +7,15 @@ second halves] for its `rotate_half` RoPE, while llama.cpp's Llama rotates adjac
 pairs, so those rows are interleaved back (the same permutation as llama.cpp's own
 convert_hf_to_gguf.py). The tokenizer (byte-level BPE, llama.cpp model "gpt2") and the
 chat template travel inside the file, and so do a chat model's stop words and persona
-from its model card (smolforge.core.card).
+from its model card (smolforge.core.card). The token that ends a turn in the chat
+template is end-of-generation for llama.cpp (EOS, or `eot_token_id` where it is another
+token), so llama.cpp and Ollama stop where training ended an answer.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -25,6 +28,8 @@ import numpy as np
 
 from smolforge.core.card import ModelCard, read_card
 from smolforge.core.io import sweep_stale
+
+log = logging.getLogger(__name__)
 
 FileType = Literal["f32", "f16", "q8_0"]
 FILE_TYPES: tuple[str, ...] = ("f32", "f16", "q8_0")
@@ -263,6 +268,47 @@ def _add_tokenizer(w: gguf.GGUFWriter, src: Source) -> None:
         vocab.add_vocab(w, src.tokenizer, src.model.config.vocab_size, pre=src.pre)
     except vocab.VocabError as e:
         raise ExportError(str(e)) from None
+    eot = end_of_turn_id(src.tokenizer)
+    if eot is not None and eot != src.tokenizer.eos_token_id:
+        w.add_eot_token_id(eot)
+
+
+def end_of_turn_id(tok) -> int | None:
+    """The token that ends an assistant turn in `tok`'s chat template, which llama.cpp must
+    treat as end-of-generation (EOG); None when the template has no single such token.
+
+    llama.cpp ends generation at `tokenizer.ggml.eos_token_id`, `eot_token_id` and
+    `eom_token_id` and at control tokens it knows by name (<|im_end|>, <|eot_id|>, ...);
+    the build in llama-cpp-python 0.3.36 reads no list of EOG ids. So the turn's end must
+    be one token: the first token of the text the template writes after an answer, taken
+    when it is a special token (EOS, <|im_end|>, <|eot_id|>) or a lone newline (chat_builder's
+    one-line turns). A marker spelled in several ordinary tokens is not taken: its first
+    token ("<") would end generation wherever it appears.
+    """
+    from smolforge.core import styles
+
+    if not tok.chat_template:
+        return None
+    try:
+        after = styles.turn_end(tok.chat_template, tok.bos_token or "", tok.eos_token or "")
+    except Exception as e:  # a template that cannot render a plain chat has no turn end to find
+        log.warning("GGUF: no end-of-turn token: the chat template fails on a plain chat (%s)", e)
+        return None
+    ids = tok(after, add_special_tokens=False).input_ids if after else []
+    if not ids:
+        log.warning("GGUF: no end-of-turn token: the chat template writes nothing after an answer")
+        return None
+    first = ids[0]
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    special = {a["id"] for a in spec.get("added_tokens", []) if a.get("special")}
+    if first in special or tok.decode([first]) == "\n":
+        return first
+    log.warning(
+        "GGUF: the chat template ends a turn with %r, several ordinary tokens: llama.cpp stops at "
+        "EOS only (pass the stop words per request; docs/chat.md)",
+        after,
+    )
+    return None
 
 
 def _add_tensors(w: gguf.GGUFWriter, model, file_type: str) -> ExportReport:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from smolforge.core.card import Task
 from smolforge.gguf.export import FileType
@@ -49,11 +50,21 @@ class ModelfileParams:
 
     file_type: FileType  # the GGUF file the Modelfile's FROM names
     temperature: float
-    num_ctx: int  # Ollama's context window, at most the model's context length
+    num_ctx: int | Literal["auto"]  # Ollama's context window; auto: the model's context length
 
     def check(self) -> list[str]:
         errors = [] if self.temperature >= 0 else [f"temperature: expected >= 0, got {self.temperature}"]
-        return errors + ([] if self.num_ctx >= 1 else [f"num_ctx: expected >= 1, got {self.num_ctx}"])
+        if self.num_ctx != "auto" and self.num_ctx < 1:
+            errors.append(f"num_ctx: expected >= 1 or auto, got {self.num_ctx}")
+        return errors
+
+    def context(self, model_ctx: int) -> int:
+        """The num_ctx to write for a model trained at `model_ctx` tokens (ValueError: too long)."""
+        if self.num_ctx == "auto":
+            return model_ctx
+        if self.num_ctx > model_ctx:
+            raise ValueError(f"num_ctx: {self.num_ctx} exceeds the model's context length {model_ctx}")
+        return self.num_ctx
 
 
 class TemplateShapeError(ValueError):

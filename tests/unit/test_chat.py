@@ -129,11 +129,13 @@ def test_loss_on_all_trains_every_turn_but_keeps_the_text():
 def test_style_extras_term_and_tag():
     cb = styles.segments(styles.style_template("chat_builder"), CHAT[1:3], "", "", term="tool")
     assert "".join(t for t, _ in cb) == "~ tool\n= Why small tools?\n# You can read all of one.\n"
-    tt = styles.segments(styles.style_template("task_tags"), CHAT[1:3], "", "")
+    tt = styles.segments(styles.style_template("task_tags"), CHAT[1:3], "<s>", "</s>")
     assert (
         "".join(t for t, _ in tt)
-        == "User: [Chat] Why small tools?\nBot: [Chat] You can read all of one.<eot>\n"
+        == "User: [Chat] Why small tools?</s>\nBot: [Chat] You can read all of one.</s>\n"
     )
+    qa = styles.segments(styles.style_template("task_tags", default_tag="QA"), CHAT[1:3], "<s>", "</s>")
+    assert "".join(t for t, _ in qa).startswith("User: [QA] Why small tools?</s>\nBot: [QA] ")
 
 
 def test_a_template_whose_turns_do_not_extend_each_other_is_refused():

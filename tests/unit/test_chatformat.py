@@ -74,13 +74,17 @@ def test_lint_finds_double_bos_missing_eos_and_untrained_chats(style):
 
 
 def test_stop_words_count_as_a_turn_end_for_styles_without_eos_text():
-    hb = corpus.Style("human_bot", styles.style_template("human_bot"), "", "", "assistant", "")
+    cb = corpus.Style("chat_builder", styles.style_template("chat_builder"), "", "", "assistant", "")
     ex = corpus.chat_examples(
         [{"id": "q", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}],
         "qa",
-        hb,
+        cb,
     )
-    assert corpus.lint(ex, hb) == []
+    assert corpus.lint(ex, cb) == []
+    # human_bot ends a turn with EOS: a tokenizer without one leaves its turns open
+    hb = corpus.Style("human_bot", styles.style_template("human_bot"), "", "", "assistant", "")
+    ex = corpus.chat_examples(ex, "qa", hb)
+    assert [p.split(":")[0] for p in corpus.lint(ex, hb)] == ["q"]
 
 
 def test_persona_becomes_a_system_turn_and_term_reaches_chat_builder():

@@ -25,8 +25,8 @@ STYLES = {
     "human_bot": (
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
-        "{% elif message['role'] == 'user' %}{{ '<human> ' + message['content'] + ' <endOfText>\n' }}"
-        "{% else %}{{ '<bot> ' + message['content'] + ' <endOfText>\n' }}{% endif %}"
+        "{% elif message['role'] == 'user' %}{{ '<human> ' + message['content'] + eos_token + '\n' }}"
+        "{% else %}{{ '<bot> ' + message['content'] + eos_token + '\n' }}{% endif %}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<bot>' }}{% endif %}"
     ),
     "chat_builder": (
@@ -41,8 +41,8 @@ STYLES = {
         "{% set t = tag if tag is defined and tag else 'Chat' %}"
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
-        "{% elif message['role'] == 'user' %}{{ 'User: [' + t + '] ' + message['content'] + '\n' }}"
-        "{% else %}{{ 'Bot: [' + t + '] ' + message['content'] + '<eot>\n' }}{% endif %}"
+        "{% elif message['role'] == 'user' %}{{ 'User: [' + t + '] ' + message['content'] + eos_token + '\n' }}"
+        "{% else %}{{ 'Bot: [' + t + '] ' + message['content'] + eos_token + '\n' }}{% endif %}"
         "{% endfor %}{% if add_generation_prompt %}{{ 'Bot: [' + t + ']' }}{% endif %}"
     ),
 }
@@ -107,9 +107,9 @@ def test_smollm2_chatml_is_measured_with_its_default_system():
     ("style", "bos", "user", "assistant", "generation"),
     [
         ("plain", "<s>", ("", "\n"), ("", "</s>"), ""),
-        ("human_bot", "", ("<human> ", " <endOfText>\n"), ("<bot> ", " <endOfText>\n"), "<bot>"),
+        ("human_bot", "", ("<human> ", "</s>\n"), ("<bot> ", "</s>\n"), "<bot>"),
         ("chat_builder", "", ("= ", "\n"), ("# ", "\n"), "#"),
-        ("task_tags", "", ("User: [Chat] ", "\n"), ("Bot: [Chat] ", "<eot>\n"), "Bot: [Chat]"),
+        ("task_tags", "", ("User: [Chat] ", "</s>\n"), ("Bot: [Chat] ", "</s>\n"), "Bot: [Chat]"),
     ],
 )
 def test_each_style_is_measured(style, bos, user, assistant, generation):
@@ -224,9 +224,9 @@ def test_a_persona_replaces_the_default_system():
             "human_bot",
             "{{ if .System }}\n{{- .System }}\n{{ end }}\n"
             "{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
-            '{{- if eq .Role "user" }}<human> {{ .Content }} <endOfText>\n{{ if $last }}<bot>{{ end }}\n'
+            '{{- if eq .Role "user" }}<human> {{ .Content }}</s>\n{{ if $last }}<bot>{{ end }}\n'
             '{{- else if eq .Role "assistant" }}<bot> {{ .Content }}\n'
-            "{{- if not $last }} <endOfText>\n{{ end }}\n{{- end }}\n{{- end }}",
+            "{{- if not $last }}</s>\n{{ end }}\n{{- end }}\n{{- end }}",
         ),
         (
             "chat_builder",
@@ -240,21 +240,24 @@ def test_a_persona_replaces_the_default_system():
             "task_tags",
             "{{ if .System }}\n{{- .System }}\n{{ end }}\n"
             "{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
-            '{{- if eq .Role "user" }}User: [Chat] {{ .Content }}\n{{ if $last }}Bot: [Chat]{{ end }}\n'
-            '{{- else if eq .Role "assistant" }}Bot: [Chat] {{ .Content }}\n'
-            "{{- if not $last }}<eot>\n{{ end }}\n{{- end }}\n{{- end }}",
+            '{{- if eq .Role "user" }}User: [QA] {{ .Content }}</s>\n{{ if $last }}Bot: [QA]{{ end }}\n'
+            '{{- else if eq .Role "assistant" }}Bot: [QA] {{ .Content }}\n'
+            "{{- if not $last }}</s>\n{{ end }}\n{{- end }}\n{{- end }}",
         ),
     ],
 )
 def test_style_modelfiles(style, template_text):
     stops = {
         "plain": [],
-        "human_bot": ["<endOfText>", "<human>"],
+        "human_bot": ["<human>", "<bot>"],
         "chat_builder": ["\n"],
-        "task_tags": ["<eot>", "\nUser:"],
+        "task_tags": ["\nUser:", "\nBot:"],
     }
+    assert stops == {k: v for k, v in styles.STOP_WORDS.items() if k in stops}
     task = chat_task(style, stops[style], "You are Paul.")
-    text = modelfile.build("model-q8_0.gguf", STYLES[style], task, "<s>", "</s>", 0.8, 256, name="chat")
+    # task_tags as format writes it for a model whose persona answers were trained under [QA]
+    template = styles.style_template("task_tags", default_tag="QA") if style == "task_tags" else STYLES[style]
+    text = modelfile.build("model-q8_0.gguf", template, task, "<s>", "</s>", 0.8, 256, name="chat")
     commands = read_modelfile(text)
     assert commands[0] == ("from", "./model-q8_0.gguf")
     assert ("template", template_text) in commands
@@ -297,9 +300,17 @@ def test_unquotable_values_are_left_out_with_a_warning(caplog):
 def test_params_check_values():
     assert modelfile.ModelfileParams("q8_0", temperature=-1.0, num_ctx=0).check() == [
         "temperature: expected >= 0, got -1.0",
-        "num_ctx: expected >= 1, got 0",
+        "num_ctx: expected >= 1 or auto, got 0",
     ]
     assert modelfile.ModelfileParams("f16", temperature=0.0, num_ctx=1).check() == []
+    assert modelfile.ModelfileParams("f16", temperature=0.0, num_ctx="auto").check() == []
+
+
+def test_num_ctx_auto_is_the_models_context_length():
+    assert modelfile.ModelfileParams("f16", 0.7, "auto").context(1024) == 1024
+    assert modelfile.ModelfileParams("f16", 0.7, 512).context(1024) == 512
+    with pytest.raises(ValueError, match="num_ctx: 2048 exceeds the model's context length 1024"):
+        modelfile.ModelfileParams("f16", 0.7, 2048).context(1024)
 
 
 def test_braces_and_quotes_in_template_text_become_go_strings():
