@@ -38,7 +38,7 @@ class LlamaDecoder:
         cparams.n_ctx = n_seq * seq_tokens
         cparams.n_batch = cparams.n_ubatch = min(cparams.n_ctx, 4096)
         cparams.n_seq_max = n_seq
-        cparams.kv_unified = True  # one cache shared by all sequences, sized n_ctx
+        cparams.kv_unified = False  # a stream per sequence: attention never scans the others
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)

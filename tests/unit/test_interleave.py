@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from smolforge.core import positions
@@ -86,9 +87,15 @@ def test_context_needed_counts_prompt_and_answer():
     assert layouts.context_needed(layouts.longest_fitting(sequential, 256) + 1, sequential) > 256
 
 
-def test_interleaved_decoding_equals_a_full_forward_over_the_same_sequence():
+@pytest.mark.parametrize("buffers", [True, False])
+def test_interleaved_decoding_equals_a_full_forward_over_the_same_sequence(buffers, monkeypatch):
     """Batched, cached decoding of rows of different lengths gives each row the tokens a
-    plain forward over its own whole interleaved sequence would choose."""
+    plain forward over its own whole interleaved sequence would choose, with the
+    preallocated cache (a Llama) and with transformers' own (any other model)."""
+    from smolforge.core import decode
+
+    if not buffers:
+        monkeypatch.setattr(decode, "llama_stepper", lambda *a: None)
     torch.manual_seed(0)
     model = build(llama_config(LlamaShape(32, 2, 2, 2, 64, 128, 10000.0), 12, 9, 10, 11), 0).eval()
     END = 8
