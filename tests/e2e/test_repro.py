@@ -47,9 +47,12 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
         assert (repo / "data/synthesize" / name).is_file()
 
     ev = json.loads((repo / "metrics/evaluate/nets/metrics.json").read_text())
-    assert ev["n"] == 30 and ev["stratified12_n"] == 7 and ev["ood_n"] == 10
     details = json.loads((repo / "data/evaluate/nets/details.json").read_text())
+    assert [details[s]["n"] for s in ("test", "stratified12", "ood", "swaps")] == [30, 7, 10, 2]
     assert details["test"]["final_answer_accuracy"] == ev["final_answer_accuracy"]
+    # the q8_0 GGUF decoded in llama.cpp too, 20 nets a set, beside HF on the same nets
+    assert details["llama_cpp"]["q8_0"]["n"] == 20 + 7 + 10 + 2
+    assert {"llama_cpp_worst_accuracy", "llama_cpp_max_gap_points"} <= set(ev) and len(ev) == 10
     assert set(details["ood_by_length"]) == {"12"}
     assert sum(m["n"] for m in details["test_by_length"].values()) == 30
     conv = json.loads((repo / "metrics/convert/nets.json").read_text())
@@ -68,7 +71,8 @@ def test_repro_builds_everything_then_reruns_nothing_then_only_what_a_param_touc
     chat_conv = json.loads((repo / "metrics/convert/chat.json").read_text())
     assert chat_conv["f16"]["top1_agreement"] >= 0.95
     assert (repo / "models/chat/gguf/Modelfile").is_file()
-    assert (repo / "data/evaluate/chat/answers.md").is_file()
+    assert "| GGUF in llama.cpp | ended |" in (repo / "data/evaluate/chat/answers.md").read_text()
+    assert 0 <= chat_ev["gguf_stopped_share"] <= 1 and chat_details["gguf_file"] == "model-q8_0.gguf"
 
     second = sh(repo, "dvc", "repro")
     assert ran(second) == set() and "up to date" in second
