@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     # ---- write: outputs do not depend on the cache; what does goes to TIMING
     meta = {"format_version": FORMAT_VERSION, "produced_by": "synthesize", "model": p.model}
     meta |= {"endpoint": endpoint.name, "counts": done.counts}
+    if "qa" in p.tasks:  # the voice the QA answers were written in: format@chat's default persona
+        meta["persona"] = p.qa.persona
     with atomic_dir(args.out) as tmp:
         write_jsonl(tmp / "conversations.jsonl", done.conversations)
         write_jsonl(tmp / "qa.jsonl", done.qa)

@@ -114,6 +114,8 @@ def test_records_from_a_fake_server_then_a_rerun_from_the_cache(workdir, tiny_pa
         assert timing["requests_made"] == 9 and timing["from_cache"] == 0 and timing["tokens_out"] > 0
         meta = json.loads(first["meta.json"])
         assert meta["endpoint"] == srv.base_url and meta["counts"] == metrics
+        persona = yaml.safe_load(tiny_params.read_text())["synthesize"]["qa"]["persona"]
+        assert meta["persona"] == persona  # the voice of the QA answers: format@chat's default persona
 
         # the request carries the stage's sampling params and a per-request seed
         comp = srv.posts()[0].body
