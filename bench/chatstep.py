@@ -1,18 +1,22 @@
-"""The chat finetune's training step: today's padded step against the packed one, and bf16.
+"""The chat finetune's training step: the step train ran before (padded batches, logits at
+every position) against today's step and the levers of docs/performance.md.
 
 Every side runs the pipeline's own step (smolforge.core.trainloop.next_step and step: the
 seeded sampler, the batch, loss over targets, grad clip, AdamW) on its own copy of the
 default chat model (train.chat of params.yaml: SmolLM2-135M-Instruct from the embedded
 GGUF with LoRA adapters), from the same init and on the same batches:
 
-- padded: examples right-padded to the longest of the batch, logits at every position
-  (train's step);
-- packed: the same examples back to back in one row, attention confined to each example,
-  logits only at target positions (`trainloop.next_step(packed=True)`; not train's default);
-- packed bf16: the packed step under bf16 autocast (`train.chat.dtype: bfloat16`), only
-  where the CPU has bf16 instructions (AVX512-BF16 or AMX; a CUDA device counts too): on
-  an AVX2-only CPU (the AMD EPYC of 2026-12-07, Zen 3) a bf16 matmul at these shapes ran
-  4-7x slower than float32, and one bf16 step took minutes.
+- full logits: examples right-padded to the longest of the batch, logits at every
+  position (train's step before `validation.TargetLoss`; the baseline of every row);
+- target logits: the same padded batches, logits only at target positions (train's step);
+- packed: the examples back to back in one row, attention confined to each example;
+- bf16 autocast and bf16 base: the target-logits step under bf16 autocast, the frozen base
+  weights kept in float32 or stored in bf16 (the adapters stay float32), only where the
+  CPU has bf16 instructions (AVX512-BF16 or AMX; a CUDA device counts too): on an
+  AVX2-only CPU (an AMD EPYC, Zen 3) a bf16 matmul at these shapes ran 4-7x slower than
+  float32, and one bf16 step took minutes;
+- no LoRA dropout: what the adapters' dropout costs (a different training: not a lever
+  that keeps the loss curve, reported so its price is known).
 
 Tokens per second count real tokens (pads not counted), so the sides are comparable. The
 data is the real data/pretokenize/chat when it has been built, else chat-shaped synthetic
@@ -22,15 +26,18 @@ examples (lengths and target shares of the default corpus).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bench.common import Row, interleave, median, paired_ratio
-from smolforge.core import pretrained, tokens, trainloop
+from smolforge.core import precision, pretrained, tokens, trainloop
 from smolforge.core.data import Sampler
 from smolforge.core.io import read_meta
 from smolforge.core.params import load_params
@@ -58,89 +65,132 @@ def token_split(tmp: Path) -> tuple[tokens.TokenSplit, str]:
     return tokens.read_split(tmp, "train", {"dtype": "uint16", "vocab_size": 49_152}), "synthetic chat-shaped"
 
 
-def has_bf16() -> bool:
-    """Whether this CPU has bf16 matmul instructions (or a GPU is there)."""
-    if torch.cuda.is_available():
-        return True
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+class FullLogits(torch.nn.Module):
+    """The loss train computed before `validation.TargetLoss`: logits at every position of
+    the padded batch, then cross-entropy over the targets."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, position_ids=position_ids).logits  # (B, T, V)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum")
+
+
+def frozen_to_bf16(model) -> None:
+    """Store the frozen base weights in bf16 (the trainable adapters stay float32)."""
+    for q in model.parameters():
+        if not q.requires_grad:
+            q.data = q.data.to(torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Lever:
+    packed: bool = False
+    full_logits: bool = False
+    dtype: str = "float32"  # the step's autocast
+    bf16_base: bool = False
+    dropout: float | None = None  # None: train.chat.lora.dropout
 
 
 class Side:
     """The pipeline's step on its own copy of the LoRA model, sampler and optimizer."""
 
-    def __init__(self, model, split, p: TrainParams, packed: bool, dtype: str):
-        self.model, self.split, self.p, self.packed, self.dtype = (
-            copy.deepcopy(model),
-            split,
-            p,
-            packed,
-            dtype,
-        )
+    def __init__(self, base, split, p: TrainParams, lever: Lever):
+        lora = p.lora if lever.dropout is None else dataclasses.replace(p.lora, dropout=lever.dropout)
+        self.model = add_lora(copy.deepcopy(base), lora, p.seed)
         self.model.train()
+        if lever.bf16_base:
+            frozen_to_bf16(self.model)
+        self.fwd = FullLogits(self.model) if lever.full_logits else trainloop.wrap(self.model, CPU, False)
+        self.split, self.p, self.lever = split, p, lever
         self.opt = trainloop.optimizer(self.model, p.lr, p.betas, p.weight_decay)
         lengths = np.diff(split.offsets)
         self.sampler = Sampler(len(split), p.batch_size, p.seed, lengths=lengths, bucket=p.length_buckets)
         self.step_i, self.losses = 0, []
+        # each side draws its dropout masks from its own stream, the same seed for all, so
+        # sides with the same batch shapes draw the same masks and their losses compare
+        self.rng = torch.Generator().manual_seed(p.seed).get_state()
 
     def block(self, n_steps: int) -> float:
         """Run `n_steps` steps; real tokens per second."""
+        outside = torch.get_rng_state()
+        torch.set_rng_state(self.rng)
         n_tokens, t0 = 0, time.perf_counter()
         for _ in range(n_steps):
-            s = trainloop.next_step(self.split, self.sampler, self.p.grad_accum, 0, CPU, self.packed)
+            s = trainloop.next_step(self.split, self.sampler, self.p.grad_accum, 0, CPU, self.lever.packed)
             lr = lr_at(self.step_i, self.p)
-            loss = trainloop.step(self.model, self.model, self.opt, s, lr, self.p.grad_clip, self.dtype, CPU)
+            loss = trainloop.step(self.fwd, self.model, self.opt, s, lr, self.p.grad_clip, self.lever.dtype, CPU)
             self.losses.append(sum(loss) / s.n_targets)
             self.step_i += 1
             n_tokens += s.n_tokens
-        return n_tokens / (time.perf_counter() - t0)
+        rate = n_tokens / (time.perf_counter() - t0)
+        self.rng = torch.get_rng_state()
+        torch.set_rng_state(outside)
+        return rate
+
+
+LEVERS = {
+    "full logits": Lever(full_logits=True),
+    "target logits": Lever(),
+    "packed": Lever(packed=True),
+    "no LoRA dropout": Lever(dropout=0.0),
+}
+BF16_LEVERS = {
+    "bf16 autocast": Lever(dtype="bfloat16"),
+    "bf16 base": Lever(dtype="bfloat16", bf16_base=True),
+}
 
 
 def run(quick: bool) -> list[Row]:
     p = load_params("train.chat", TrainParams, ROOT / "params.yaml")
     torch.set_num_threads(p.threads)
-    rounds = 3 if quick else 6  # a step of the default chat model takes seconds
+    rounds = 3 if quick else 5  # a step of the default chat model takes seconds
+    levers = LEVERS | (BF16_LEVERS if precision.has_bf16_instructions() else {})
     with tempfile.TemporaryDirectory() as tmp:
         split, source = token_split(Path(tmp))
+        t0 = time.perf_counter()
         base = pretrained.load_model(p.base, "float32")
-        model = add_lora(base, p.lora, p.seed)
-        torch.manual_seed(p.seed)
-        sides = {
-            "padded": Side(model, split, p, packed=False, dtype="float32"),
-            "packed": Side(model, split, p, packed=True, dtype="float32"),
-        }
-        if has_bf16():
-            sides["packed bf16"] = Side(model, split, p, packed=True, dtype="bfloat16")
-        del model, base
+        load_s = time.perf_counter() - t0
+        sides = {name: Side(base, split, p, lever) for name, lever in levers.items()}
+        del base
         for side in sides.values():  # warm-up: one step each
             side.block(1)
         got = interleave({name: (lambda s=side: s.block(1)) for name, side in sides.items()}, rounds)
 
-    def loss_note(a: str, b: str) -> str:
-        la, lb = sides[a].losses, sides[b].losses
+    def loss_note(name: str) -> str:
+        la, lb = sides[name].losses, sides["full logits"].losses
         diff = max(abs(x - y) for x, y in zip(la, lb))
-        return (
-            f"after {len(la)} steps: largest step-loss difference {diff:.2e} ({la[-1]:.4f} vs "
-            f"{lb[-1]:.4f}; LoRA dropout draws differ between the layouts)"
-        )
+        return f"after {len(la)} steps: largest step-loss difference {diff:.2e} ({la[-1]:.4f} vs {lb[-1]:.4f})"
 
-    shape = f"train.chat: LoRA r={p.lora.r}, batch {p.batch_size}, {p.threads} threads; data: {source}"
+    shape = (
+        f"train.chat: LoRA r={p.lora.r}, batch {p.batch_size}, {p.threads} threads; data: {source}; "
+        f"base load {load_s:.1f} s"
+    )
     rows = []
-    for name, target in (("packed", ">= 2.0"), ("packed bf16", "")):
-        if name not in sides:
+    for name in levers:
+        if name == "full logits":
             continue
-        ratio = round(paired_ratio(got, name, "padded"), 3)
+        target = ">= 2.0" if name == train_step_name(p) else ""
+        ratio = round(paired_ratio(got, name, "full logits"), 3)
         rows.append(
             Row(
-                f"chat finetune step: {name} vs padded float32",
+                f"chat finetune step: {name} vs full logits (the old step)",
                 round(median(got[name])),
-                round(median(got["padded"])),
+                round(median(got["full logits"])),
                 "tok/s",
                 ratio,
                 target,
                 None if not target else ratio >= float(target.split()[1]),
-                f"{shape}; {loss_note(name, 'padded')}",
-                {name: got[name], "padded": got["padded"]},
+                f"{shape}; {loss_note(name)}",
+                {name: got[name], "full logits": got["full logits"]},
             )
         )
     return rows
+
+
+def train_step_name(p: TrainParams) -> str:
+    """The side that is what train runs with these params on this machine."""
+    dtype, _ = precision.choose(p.dtype, CPU.device, 576)  # SmolLM2-135M's width
+    return "bf16 autocast" if dtype == "bfloat16" else "target logits"

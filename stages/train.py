@@ -40,6 +40,7 @@ import torch
 
 from smolforge.core import card, checkpoint, live, tokenizer, tokens, trainloop
 from smolforge.core import model as model_lib
+from smolforge.core import precision
 from smolforge.core import train as training
 from smolforge.core.cli import StageError, produced_by, run
 from smolforge.core.io import atomic_dir, read_meta, write_json
@@ -108,7 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     opt = trainloop.optimizer(model, p.lr, p.betas, p.weight_decay)
     token_files = [args.tokens / name for name in ("meta.json", "train.bin", "train.mask")]
     fp = checkpoint.fingerprint(dataclasses.asdict(p), token_files)
-    job = training.Job(p, model, opt, d, train_split, val_split, meta["pad_id"], args.state, fp)
+    # dtype: auto measures bf16 against float32 here (smolforge/core/precision.py)
+    dtype, why = precision.choose(p.dtype, d.device, model.config.hidden_size)
+    log.info("dtype %s: %s", dtype, why)
+    run_p = dataclasses.replace(p, dtype=dtype)
+    job = training.Job(run_p, model, opt, d, train_split, val_split, meta["pad_id"], args.state, fp)
 
     # ---- resume from a checkpoint of this same run, if one exists; the live folder restarts
     # from the checkpoint's own history, so its step series goes on with no step twice
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         card.write_card(tmp, model_card)
     training.write_live(args.live, progress, training.metrics(progress, job, n_params, n_trainable))
-    write_json(args.timing, training.timing(progress, p, d))
+    write_json(args.timing, training.timing(progress, run_p, d) | {"dtype_choice": why})
     final_val = progress.history["val"][-1][1]
     log.info(
         "done: %d steps, %s tokens, val loss %.4f", progress.step, f"{progress.tokens_seen:,}", final_val

@@ -82,6 +82,13 @@ def in_llama_cpp(gguf_dir: Path, p: EvaluateParams, card: ModelCard, answers: li
     return {"gguf_file": path.name, "gguf_stopped_share": round(stopped, 4)}
 
 
+def source_figures(per_source: dict) -> dict:
+    """Each source's loss and bits per byte, finetune and base: what `dvc metrics diff`
+    shows per source (counts and byte totals stay in details.json)."""
+    keep = ("val_loss", "val_bpb", "base_val_loss", "base_val_bpb")
+    return {src: rounded({k: row[k] for k in keep if k in row}) for src, row in per_source.items()}
+
+
 def g6(v: float | None) -> float | None:
     """A loss to 6 significant digits (None: no base model)."""
     return None if v is None else float(f"{v:.6g}")
@@ -98,7 +105,7 @@ def evaluate(src: Path, hf_dir: Path, card: ModelCard, p: EvaluateParams, log, g
         details |= in_llama_cpp(gguf_dir, p, card, result.answers, log)
     metrics = rounded(
         {k: v for k, v in details.items() if not isinstance(v, (dict, list)) and k not in DETAIL_ONLY}
-    )
+    ) | {"per_source": source_figures(details["per_source"])}
     table = [
         {"example": i, "base_loss": g6(row.base), "finetune_loss": g6(row.finetune), "targets": row.targets}
         for i, row in enumerate(result.per_example)

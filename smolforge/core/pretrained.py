@@ -9,12 +9,21 @@ A base is named by one string (a `base:` param):
 
 A GGUF base is loaded into transformers with `gguf_file=` (weights dequantized to
 float32, tokenizer and chat template rebuilt from the file's metadata), so every later
-step works on an ordinary HF model whatever the base was.
+step works on an ordinary HF model whatever the base was. That conversion takes about
+20 s for SmolLM2-135M on 2 cores, and format, pretokenize, train and evaluate each need
+it: the first load saves the converted model and tokenizer as an ordinary HF folder in
+the base cache (`$SMOLFORGE_BASE_CACHE`, default ~/.cache/smolforge/bases; "off" turns
+it off), keyed by the GGUF file's content and the transformers version, and later loads
+read that folder (same tensors, same tokenizer: tests/unit/test_base_cache.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +80,56 @@ def smollm2_gguf() -> Path:
     return found[0]
 
 
-def load_tokenizer(base: str | BaseRef):
+def cache_root() -> Path | None:
+    """Where converted GGUF bases are kept (None: the cache is off)."""
+    env = os.environ.get("SMOLFORGE_BASE_CACHE", "")
+    if env == "off":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "smolforge" / "bases"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def converted(ref: BaseRef) -> BaseRef:
+    """A GGUF base as the HF folder of its conversion in the base cache, made on first use;
+    any other base (or the cache off, or not writable) as it is."""
+    root = cache_root()
+    if not ref.gguf_file or root is None:
+        return ref
+    import transformers
+
+    gguf = Path(ref.path) / ref.gguf_file
+    key = hashlib.sha256(f"{file_digest(gguf)} {transformers.__version__}".encode()).hexdigest()[:16]
+    folder = root / f"{gguf.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return BaseRef(ref.name, str(folder), None)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
+    except OSError:
+        return ref  # a read-only home: convert on every load, as without the cache
+    try:
+        load_model(ref, "float32", cache=False).save_pretrained(tmp)
+        load_tokenizer(ref, cache=False).save_pretrained(tmp)
+        tmp.rename(folder)  # atomic: a folder with config.json is always complete
+    except OSError:
+        if not (folder / "config.json").is_file():  # not another process's finished copy
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BaseRef(ref.name, str(folder), None)
+
+
+def load_tokenizer(base: str | BaseRef, cache: bool = True):
     """The base model's own tokenizer (with its chat template), as a transformers fast tokenizer."""
     ref = base if isinstance(base, BaseRef) else resolve(base)
+    ref = converted(ref) if cache else ref
     from transformers import AutoTokenizer
 
     quiet_loading()
@@ -85,9 +141,10 @@ def load_tokenizer(base: str | BaseRef):
         raise StageError(f"base {ref.name!r}: tokenizer could not be loaded ({why(e)})") from None
 
 
-def load_model(base: str | BaseRef, dtype: str = "float32"):
+def load_model(base: str | BaseRef, dtype: str = "float32", cache: bool = True):
     """The base model's weights as a transformers causal LM in `dtype`, in eval mode."""
     ref = base if isinstance(base, BaseRef) else resolve(base)
+    ref = converted(ref) if cache else ref
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM

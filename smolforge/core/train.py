@@ -72,7 +72,9 @@ class TrainParams:
     threads: int  # torch CPU threads, per process (under torchrun: per rank)
     processes: int  # > 1: the stage runs itself under torchrun with this many (one per GPU)
     device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when torch sees a GPU
-    dtype: Literal["float32", "bfloat16"]  # bfloat16: autocast the forward (weights stay float32)
+    # bfloat16: autocast the forward (weights stay float32); auto: bf16 where it measures
+    # faster at start-up (smolforge/core/precision.py)
+    dtype: Literal["float32", "bfloat16", "auto"]
     compile: bool  # torch.compile the training forward
 
     def check(self) -> list[str]:

@@ -84,16 +84,17 @@ def optimizer(model, lr: float, betas: list[float], weight_decay: float) -> torc
 
 
 def wrap(model, d: Dist, compile_: bool):
-    """The module training runs its forward through: DDP over `model` under torchrun
-    (gradients all-reduced in buckets during backward), then torch.compile if asked.
-    `model` itself stays the plain module that checkpoints and outputs are taken from."""
-    fwd = model
+    """The module training runs its loss through: `validation.TargetLoss` over `model`,
+    under DDP with torchrun (gradients all-reduced in buckets during backward), then
+    torch.compile if asked. `model` itself stays the plain module that checkpoints and
+    outputs are taken from."""
+    fwd = validation.TargetLoss(model)
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [d.device.index] if d.device.type == "cuda" else None
         # buffers (RoPE inv_freq) are the same on every rank: no need to broadcast them
-        fwd = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        fwd = DistributedDataParallel(fwd, device_ids=ids, broadcast_buffers=False)
     if compile_:
         # example lengths vary from batch to batch: one dynamic-shape graph, not one per T
         fwd = torch.compile(fwd, dynamic=True)
@@ -152,7 +153,8 @@ def step(fwd, model, opt, s: Step, lr: float, grad_clip: float, dtype: str, d: D
         sync = d.world == 1 or i == len(s.batches) - 1
         with contextlib.nullcontext() if sync else fwd.no_sync():
             with autocast(d, dtype):
-                loss = validation.loss_sum(fwd, batch.to(d.device)) / s.n_targets  # mean over the step
+                b = batch.to(d.device)
+                loss = fwd(b.input_ids, b.labels, b.position_ids, b.attention_mask) / s.n_targets  # step mean
             # DDP averages gradients over ranks; each rank's loss is already a share of the sum
             (loss * d.world if d.world > 1 else loss).backward()
         losses.append(loss.detach())

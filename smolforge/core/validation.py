@@ -17,28 +17,44 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smolforge.core.data import eval_batches
+from smolforge.core.data import IGNORE, eval_batches
 from smolforge.core.tokens import TokenSplit
 
 
-def loss_sum(model, batch) -> torch.Tensor:
-    """Summed cross-entropy over the batch's targets (the caller divides by the count).
+def body_and_head(model):
+    """(decoder body returning `.last_hidden_state` after the final norm, LM head) of an
+    HF-style causal LM, also through peft's wrapper (whose LoRA layers live in the body)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model, base.lm_head
 
-    A packed batch (`smolforge.core.data.pack`) runs the model with its per-example
-    positions and mask and asks for logits only where the next token is a target, so the
-    other positions' hidden states never reach the LM head (49,152 wide for SmolLM2)."""
-    if batch.keep is not None:
-        logits = model(
-            input_ids=batch.input_ids,
-            position_ids=batch.position_ids,
-            attention_mask=batch.attention_mask,
-            logits_to_keep=batch.keep,
-        ).logits  # (1, K, V)
-        return F.cross_entropy(logits[0].float(), batch.labels[0, batch.keep + 1], reduction="sum")
-    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits  # (B, T, V)
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), reduction="sum"
-    )
+
+class TargetLoss(torch.nn.Module):
+    """Summed cross-entropy over a batch's targets, with logits only at target positions.
+
+    The hidden states of prompts, padding and the last token never reach the LM head: for
+    SmolLM2 that head is 49,152 x 576, and at every position it costs as much as about a
+    third of the body. Training wraps this module (not the model) in DDP and
+    torch.compile, so gradient sync and compilation see the whole loss.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
+        body, head = body_and_head(self.model)
+        h = body(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        chosen = targets != IGNORE  # (B, T-1)
+        logits = head(h[:, :-1][chosen])  # (K, V), K = the batch's target count
+        return F.cross_entropy(logits.float(), targets[chosen], reduction="sum")
+
+
+def loss_sum(model, batch) -> torch.Tensor:
+    """Summed cross-entropy over the batch's targets (the caller divides by the count):
+    padded (`collate`) or packed (`pack`: per-example positions and mask), logits only at
+    target positions either way (`TargetLoss`)."""
+    return TargetLoss(model)(batch.input_ids, batch.labels, batch.position_ids, batch.attention_mask)
 
 
 def example_losses(model, split: TokenSplit, batch_size: int, pad_id: int) -> list[tuple[float, int]]:
@@ -46,13 +62,16 @@ def example_losses(model, split: TokenSplit, batch_size: int, pad_id: int) -> li
     was_training = model.training
     model.eval()
     out = []
+    body, head = body_and_head(model)
     with torch.no_grad():
         for batch in eval_batches(split, batch_size, pad_id, 0):
-            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits[:, :-1].float()
-            labels = batch.labels[:, 1:]
-            per_token = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, T-1)
-            counts = (labels != -100).sum(dim=1)
-            out += [(float(s), int(c)) for s, c in zip(per_token.sum(dim=1), counts)]
+            h = body(input_ids=batch.input_ids, position_ids=batch.position_ids).last_hidden_state
+            targets = batch.labels[:, 1:]
+            chosen = targets != IGNORE  # (B, T-1)
+            per_token = F.cross_entropy(head(h[:, :-1][chosen]).float(), targets[chosen], reduction="none")
+            rows = chosen.nonzero()[:, 0]  # (K,) the example of each target
+            sums = torch.zeros(len(targets), dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, per_token)
+            out += [(float(s), int(c)) for s, c in zip(sums, chosen.sum(dim=1))]
     model.train(was_training)
     return out
 

@@ -47,7 +47,7 @@ def run_steps(dtype: str, n_steps: int = 3, split: TokenSplit | None = None):
     losses = []
     for _ in range(n_steps):
         s = trainloop.next_step(split, sampler, 2, 0, CPU)
-        losses += trainloop.step(model, model, opt, s, 1e-2, 1.0, dtype, CPU)
+        losses += trainloop.step(trainloop.wrap(model, CPU, False), model, opt, s, 1e-2, 1.0, dtype, CPU)
     return model, losses
 
 
