@@ -23,6 +23,7 @@ dvc.lock (a full rerun of a finished pipeline) to guard what the loaders already
 from __future__ import annotations
 
 import argparse
+import shlex
 import importlib
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     log = setup("check")
     if args.list:
         for r in recipes.RECIPES.values():
-            sets = " ".join(f"-S {o}" for o in r.overrides) or "(no overrides: dvc repro)"
+            sets = " ".join(f"-S {shlex.quote(o)}" for o in r.overrides) or "(no overrides: dvc repro)"
             print(f"{r.name} ({r.origin}): {r.what}\n    dvc exp run {sets}")
         return
 

@@ -29,6 +29,9 @@ class Recipe:
     origin: str  # the hobby recipe it reproduces
     what: str  # one line: what the chat model becomes
     overrides: tuple[str, ...]  # `dvc exp run -S` values, in the order docs/chat.md shows them
+    # the set changes synthesize's params: the LLM is asked again (resumable, cached), so
+    # the run takes as long as that synthesis (tests/e2e/test_recipes.py runs the others)
+    synthesizes: bool = False
 
 
 RECIPES = {
@@ -63,6 +66,34 @@ RECIPES = {
                 "pretokenize.chat.tokenizer=sentencepiece",
                 "train.chat.init=scratch",
             ),
+        ),
+        Recipe(
+            "chat-builder-at-scale",
+            "chat-builder + llama2.c, at its own scale",
+            "the chat-builder model trained on ~3,000 LLM-written dialogues, one per noun of "
+            "words/common_nouns.txt (about an hour of synthesis on 2 cores; docs/chat.md)",
+            (
+                "format.chat.chat_style=chat_builder",
+                "pretokenize.chat.tokenizer=sentencepiece",
+                "train.chat.init=scratch",
+                "synthesize.tasks=[conversations]",
+                "synthesize.conversations.words=words/common_nouns.txt",
+                "format.chat.sources.essays=0",
+                "format.chat.sources.qa=0",
+                "train.chat.batch_size=32",
+                "train.chat.max_steps=700",
+                "train.chat.warmup_steps=50",
+                "train.chat.lr=1e-3",
+                "train.chat.weight_decay=0.1",
+                "train.chat.eval_every=100",
+                "train.chat.checkpoint_every=100",
+                "train.chat.log_every=50",
+                "evaluate.chat.prompts=[What does the word kettle mean?,What is a lantern for?,"
+                "What does the word violin mean?,What is a compass?,What does the word glacier mean?,"
+                "What is a saddle?,What does the word volcano mean?,What is an umbrella for?,"
+                "What does the word harbor mean?,What is a puzzle?]",
+            ),
+            synthesizes=True,
         ),
     )
 }

@@ -59,6 +59,10 @@ def model_section(
     out = [f"## Model `{m.name}`", ""]
     out += figures("Training", f"{metrics_dir}/train/{m.name}/metrics.json", m.train)
     out += figures("Evaluation", f"{metrics_dir}/evaluate/{m.name}/metrics.json", m.evaluate)
+    if per_source := m.evaluate.get("per_source"):
+        keys = sorted({k for v in per_source.values() for k in v})
+        out += [f"**By source** (`{metrics_dir}/evaluate/{m.name}/metrics.json`)", ""]
+        out += table(["source", *keys], [[s, *(v.get(k) for k in keys)] for s, v in per_source.items()]) + [""]
     details = f"{evaluated_dir}/{m.name}/details.json"
     sets = {k: v for k, v in m.details.items() if isinstance(v, dict) and "n" in v and "_" not in k}
     if sets:
@@ -77,7 +81,10 @@ def model_section(
     nested = {
         k: v
         for k, v in m.details.items()
-        if isinstance(v, dict) and k not in sets and not k.endswith("_by_length") and k != "llama_cpp"
+        if isinstance(v, dict)
+        and k not in sets
+        and not k.endswith("_by_length")
+        and k not in ("llama_cpp", "per_source")  # per_source: the table above
     }
     for name, value in nested.items():
         out += figures(name.replace("_", " ").capitalize(), details, value)

@@ -115,7 +115,7 @@ def test_list_prints_every_recipe_with_its_set(capsys):
     out = capsys.readouterr().out
     for r in recipes.RECIPES.values():
         assert f"{r.name} ({r.origin})" in out
-        assert " ".join(f"-S {o}" for o in r.overrides) in out
+        assert " ".join(f"-S {shlex.quote(o)}" for o in r.overrides) in out
 
 
 def documented_sets() -> list[tuple[str, list[str]]]:
@@ -147,10 +147,23 @@ def test_every_documented_set_is_one_dvc_accepts_and_the_check_passes(caplog):
     # the recipes' page shows each set exactly as smolforge/core/recipes.py has it
     page = " ".join((ROOT / "docs/chat.md").read_text().replace("\\\n", " ").split())
     for r in recipes.RECIPES.values():
-        assert " ".join(f"-S {o}" for o in r.overrides) in page, r.name
+        assert " ".join(f"-S {shlex.quote(o)}" for o in r.overrides) in page, r.name
     failed = []
     for where, sets in found:
         caplog.clear()
         if run(check.main, ["--params", str(PARAMS), *(a for o in sets for a in ("-S", o))]) != 0:
             failed.append(f"{where}: {errors(caplog)}")
     assert not failed, "\n".join(failed)
+
+
+def test_the_at_scale_set_asks_for_thousands_of_shipped_words():
+    from smolforge.llm.tasks import read_words
+
+    r = recipes.RECIPES["chat-builder-at-scale"]
+    assert r.synthesizes and set(recipes.RECIPES["chat-builder"].overrides) < set(r.overrides)
+    (_, data), = recipes.with_overrides(PARAMS, list(r.overrides))
+    words = read_words(str(ROOT / data["synthesize"]["conversations"]["words"]))
+    assert len(words) >= 2000 and all(w.isalpha() and w.islower() for w in words)
+    assert data["synthesize"]["tasks"] == ["conversations"]
+    # the default stays small: the at-scale list is an experiment, not the default
+    assert len(read_words(str(ROOT / read_yaml(PARAMS)["synthesize"]["conversations"]["words"]))) < 100

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from smolforge.gguf import export
 from stages import evaluate
 
@@ -27,6 +29,10 @@ def test_gguf_answers_and_their_endings_are_reported(tiny_chat_run, tmp_path):
     details = json.loads((out / "eval/details.json").read_text())
     assert details["gguf_file"] == "model-f32.gguf" and details["gguf_stopped_share"] == round(stopped, 4)
     metrics = json.loads((out / "live/metrics.json").read_text())
-    assert metrics["gguf_stopped_share"] == round(stopped, 4) and len(metrics) <= 10
+    # ten headline figures at most, and each source's loss and bits per byte, base and finetune
+    assert metrics["gguf_stopped_share"] == round(stopped, 4) and len(metrics) - 1 <= 10
+    for src, row in details["per_source"].items():
+        want = {k: row[k] for k in ("val_loss", "val_bpb", "base_val_loss", "base_val_bpb") if k in row}
+        assert metrics["per_source"][src] == pytest.approx(want, abs=1e-4)  # rounded as the others
     table = (out / "eval/answers.md").read_text()
     assert "| prompt | finetune | base | GGUF in llama.cpp | ended |" in table
