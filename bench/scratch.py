@@ -7,10 +7,13 @@ LM head tied to the token embedding); no nanoGPT code is copied. At the default 
 (2 layers, width 128, 4 heads, vocabulary 272, context 256) both models have 461,440
 parameters.
 
-Both sides run the same bare step (forward, cross-entropy over every position, backward,
+Every side runs the same bare step (forward, cross-entropy over every position, backward,
 AdamW) on the same random batches of `train.nets` size (64 x 96 tokens), float32, in
-alternating rounds in one process. The Llama is the pipeline's own
-(`smolforge.core.model.build`, as stage train builds it).
+alternating rounds in one process. The Llama is the pipeline's own training model
+(`smolforge.core.model.build`: smolforge.core.llama, as stage train builds it); transformers'
+`LlamaForCausalLM` with the same weights runs beside it, so the gain over it shows. Without
+--quick, both models also run under torch.compile (as `train.<model>.compile: true` runs
+them; it needs a C compiler).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.common import Row, interleave, median, paired_ratio
+from bench.common import Row, interleave, median, meets, paired_ratio
 from smolforge.core import model as model_lib
 from smolforge.core import trainloop
 from smolforge.core.params import load_params
@@ -107,30 +110,43 @@ def run(quick: bool) -> list[Row]:
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(3, VOCAB, (p.batch_size, T + 1), generator=g) for _ in range(8)]
     llama = model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed)
+    hf = model_lib.to_hf(model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed))
     torch.manual_seed(p.seed)
     gpt = GPT(VOCAB, s.max_seq_len, s.dim, s.n_layers, s.n_heads)
     n_llama, n_gpt = model_lib.n_params(llama), sum(q.numel() for q in gpt.parameters())
+    llama_logits = lambda m, x: m(input_ids=x).logits  # noqa: E731
+    gpt_logits = lambda m, x: m(x)  # noqa: E731
     sides = {
-        "llama": Side(llama, lambda m, x: m(input_ids=x).logits, p, batches),
-        "gpt": Side(gpt, lambda m, x: m(x), p, batches),
+        "llama": Side(llama, llama_logits, p, batches),
+        "hf": Side(hf, llama_logits, p, batches),
+        "gpt": Side(gpt, gpt_logits, p, batches),
     }
-    k, rounds = (3, 6) if quick else (5, 20)
+    if not quick:  # compiled twins (their own weights: training mutates them), as trainloop.wrap compiles
+        twin = model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed)
+        torch.manual_seed(p.seed)
+        gpt_twin = GPT(VOCAB, s.max_seq_len, s.dim, s.n_layers, s.n_heads)
+        sides["llama compiled"] = Side(torch.compile(twin, dynamic=True), llama_logits, p, batches)
+        sides["gpt compiled"] = Side(torch.compile(gpt_twin, dynamic=True), gpt_logits, p, batches)
+    k, rounds = (3, 6) if quick else (3, 14)
     for side in sides.values():
-        side.block(k)
+        side.block(2)  # warm-up (and compiling)
     got = interleave({name: (lambda sd=side: sd.block(k)) for name, side in sides.items()}, rounds)
-    ratio = round(paired_ratio(got, "llama", "gpt"), 3)
-    return [
-        Row(
-            f"scratch Llama vs nanoGPT-shaped GPT (train.nets shape, batch {p.batch_size}x{T}, float32, "
-            f"{p.threads} threads)",
-            round(median(got["llama"])),
-            round(median(got["gpt"])),
-            "tok/s",
-            ratio,
-            ">= 1.0",
-            ratio >= 1.0,
-            f"{s.n_layers} layers, width {s.dim}, {s.n_heads} heads; params {n_llama:,} (Llama) vs "
-            f"{n_gpt:,} (GPT)",
-            got,
-        )
-    ]
+    setting = f"train.nets shape, batch {p.batch_size}x{T}, float32, {p.threads} threads"
+    shape = f"{s.n_layers} layers, width {s.dim}, {s.n_heads} heads"
+
+    def row(a: str, b: str, name: str, target: str, note: str) -> Row:
+        ratio = round(paired_ratio(got, a, b), 3)
+        medians, samples = (round(median(got[a])), round(median(got[b]))), {a: got[a], b: got[b]}
+        return Row(name, *medians, "tok/s", ratio, target, meets(ratio, target), note, samples)
+
+    params = f"params {n_llama:,} (Llama) vs {n_gpt:,} (GPT)"
+    table = [
+        ("llama", "gpt", f"scratch Llama vs nanoGPT-shaped GPT ({setting})", ">= 1.0", f"{shape}; {params}"),
+        ("hf", "gpt", f"HF LlamaForCausalLM vs nanoGPT-shaped GPT ({setting})", "",
+         "transformers' own Llama with the same weights: what training ran before smolforge.core.llama"),
+        ("llama compiled", "gpt compiled", f"scratch Llama vs nanoGPT-shaped GPT, both torch.compile ({setting})",
+         ">= 1.0", "dynamic=True, as train.<model>.compile runs them"),
+        ("llama compiled", "gpt", f"scratch Llama under torch.compile vs nanoGPT-shaped GPT eager ({setting})",
+         "", "the pipeline with compile: true against the GPT as written"),
+    ]  # fmt: skip
+    return [row(*r) for r in table if r[0] in got]

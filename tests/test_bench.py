@@ -24,7 +24,8 @@ def test_quick_scratch_benchmark_compares_models_of_equal_size(tmp_path):
 
     out = tmp_path / "results.json"
     main(["--quick", "--only", "scratch", "--out", str(out)])
-    (row,) = json.loads(out.read_text())["rows"]
+    row, hf = json.loads(out.read_text())["rows"]  # quick: the eager sides only
     assert row["name"].startswith("scratch Llama vs nanoGPT-shaped GPT") and row["ratio"] > 0
+    assert hf["name"].startswith("HF LlamaForCausalLM vs nanoGPT-shaped GPT") and hf["ratio"] > 0
     llama, gpt = row["note"].split("params ")[1].split(" (Llama) vs ")
     assert llama == gpt.split(" ")[0]  # the comparison is at the same parameter count

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from smolforge.core.model import LlamaShape, build, llama_config  # noqa: E402
+from smolforge.core.model import LlamaShape, build, llama_config, to_hf  # noqa: E402
 from smolforge.nets import reducer  # noqa: E402
 
 VOCAB = {c: i for i, c in enumerate("ABCD_.")}
@@ -120,7 +120,7 @@ def train(a, rng: random.Random):
         opt.step()
         if step % 100 == 0 or step == a.steps - 1:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
-    return model.eval()
+    return to_hf(model).eval()  # decoding needs transformers (KV cache)
 
 
 @torch.no_grad()

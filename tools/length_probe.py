@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from smolforge.nets import reducer as nets  # noqa: E402
-from smolforge.core.model import LlamaShape, build, llama_config  # noqa: E402
+from smolforge.core.model import LlamaShape, build, llama_config, to_hf  # noqa: E402
 
 VOCAB = {c: i for i, c in enumerate("ABCD_.=")}
 SEP, EOS, BOS, PAD = 7, 8, 9, 10
@@ -132,7 +132,7 @@ def train(a: argparse.Namespace, layout: Layout, rng: random.Random, device: str
         opt.step()
         if step % 250 == 0 or step == a.steps - 1:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
-    return model.eval()
+    return to_hf(model).eval()  # decoding needs transformers (KV cache)
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
-"""The from-scratch model: a Llama built with transformers, so HF, peft and llama.cpp's
-tooling all know it. Submodule names are HF Llama's (`model.layers.N.self_attn.q_proj`),
-which `smolforge.gguf.export` maps to llama.cpp's names with a table.
+"""The from-scratch model: a Llama, so HF, peft and llama.cpp's tooling all know it.
+Training runs `smolforge.core.llama` (HF's LlamaForCausalLM computed in fewer ops, under
+HF's parameter names); `to_hf` turns it into transformers' own model, which is what is
+saved. Submodule names are HF Llama's (`model.layers.N.self_attn.q_proj`), which
+`smolforge.gguf.export` maps to llama.cpp's names with a table.
 """
 
 from __future__ import annotations
@@ -78,12 +80,46 @@ def llama_config(shape: LlamaShape, vocab_size: int, bos_id: int, eos_id: int, p
 
 
 def build(config, seed: int):
-    """A freshly initialised LlamaForCausalLM; the init depends only on `seed`."""
+    """A freshly initialised scratch Llama for training (`smolforge.core.llama`: HF's
+    LlamaForCausalLM in fewer ops, under HF's parameter names); the init depends only on
+    `seed`, drawn as HF draws it: every matrix N(0, `config.initializer_range`), norms 1,
+    the padding row of the embedding 0. `to_hf` gives the transformers model."""
+    import torch
+
+    from smolforge.core.llama import Llama
+
+    torch.manual_seed(seed)
+    model = Llama(config)
+    with torch.no_grad():
+        for p in model.parameters():  # in registration order: embeddings, layers, norm
+            if p.dim() == 1:  # the RMSNorm weights
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, config.initializer_range)
+        if config.pad_token_id is not None:
+            model.model.embed_tokens.weight[config.pad_token_id].zero_()
+    return model
+
+
+def to_hf(model):
+    """transformers' LlamaForCausalLM with `model`'s weights and generation config (a
+    transformers model comes back as it is): what `save_pretrained`, `generate` and
+    peft need."""
+    import copy
+
     import torch
     from transformers import LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    if isinstance(model, LlamaForCausalLM):
+        return model
+    param = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):  # HF's own init (overwritten) leaves the caller's RNG alone
+        hf = LlamaForCausalLM(copy.deepcopy(model.config))
+    hf.to(device=param.device, dtype=param.dtype)
+    hf.load_state_dict(model.state_dict())
+    hf.generation_config = copy.deepcopy(model.generation_config)
+    hf.train(model.training)
+    return hf
 
 
 def n_params(model) -> int:

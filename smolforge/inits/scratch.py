@@ -1,4 +1,5 @@
-"""init: scratch — a fresh Llama of shape `train.<model>.model` (smolforge.core.model)."""
+"""init: scratch — a fresh Llama of shape `train.<model>.model` (smolforge.core.model): it
+trains as smolforge.core.llama and is saved as transformers' LlamaForCausalLM."""
 
 from __future__ import annotations
 
@@ -17,4 +18,6 @@ def build(p: TrainParams, meta: dict, tokens_dir: Path, longest: int, rank: int)
 
 
 def save(model, folder: Path) -> None:
-    model.save_pretrained(folder)
+    """An ordinary HF folder: transformers' LlamaForCausalLM with the trained weights (and
+    the generation config train set on the training model)."""
+    model_lib.to_hf(model).save_pretrained(folder)

@@ -12,7 +12,7 @@ import yaml
 from smolforge.core import styles, tokenizer, tokens
 from smolforge.core.card import CARD_FILE, ModelCard, Task, write_card
 from smolforge.core.cli import run
-from smolforge.core.model import LlamaShape, build, llama_config
+from smolforge.core.model import LlamaShape, build, llama_config, to_hf
 from smolforge.gguf.convert import ConvertParams
 from smolforge.gguf.modelfile import ModelfileParams
 from smolforge.gguf.parity import GateParams
@@ -38,7 +38,7 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     config = llama_config(SHAPE, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     config.initializer_range = 0.2  # well-separated logits
     hf = root / "hf"
-    build(config, seed=0).save_pretrained(hf)
+    to_hf(build(config, seed=0)).save_pretrained(hf)
     tok.save_pretrained(hf)
     # the card as train writes it for a nets model (stop words and persona empty); convert
     # reads only its task

@@ -14,7 +14,7 @@ import pytest
 from smolforge.core import styles, tokenizer
 from smolforge.core.card import CARD_FILE, ModelCard, Task, write_card
 from smolforge.core.cli import StageError
-from smolforge.core.model import LlamaShape, build, llama_config
+from smolforge.core.model import LlamaShape, build, llama_config, to_hf
 from smolforge.gguf import export, parity
 
 Q = gguf.GGMLQuantizationType
@@ -54,8 +54,7 @@ def make_hf_dir(
     config = llama_config(shape, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     config.tie_word_embeddings = tie
     config.initializer_range = 0.2  # larger weights: well-separated logits, so top-1 is no coin toss
-    model = build(config, seed)
-    model.save_pretrained(path)
+    to_hf(build(config, seed)).save_pretrained(path)
     tok.save_pretrained(path)
     write_card(path, card(task))
     return path

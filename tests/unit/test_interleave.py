@@ -12,7 +12,7 @@ import torch
 from smolforge.core import positions
 from smolforge.core.data import collate
 from smolforge.core.decode import greedy_interleaved
-from smolforge.core.model import LlamaShape, build, llama_config
+from smolforge.core.model import LlamaShape, build, llama_config, to_hf
 from smolforge.core.tokens import TokenSplit
 from smolforge.nets import layouts, notation, reducer
 from smolforge.nets.format import spread_jumps
@@ -97,7 +97,7 @@ def test_interleaved_decoding_equals_a_full_forward_over_the_same_sequence(buffe
     if not buffers:
         monkeypatch.setattr(decode, "llama_stepper", lambda *a: None)
     torch.manual_seed(0)
-    model = build(llama_config(LlamaShape(32, 2, 2, 2, 64, 128, 10000.0), 12, 9, 10, 11), 0).eval()
+    model = to_hf(build(llama_config(LlamaShape(32, 2, 2, 2, 64, 128, 10000.0), 12, 9, 10, 11), 0)).eval()
     END = 8
     rng = random.Random(1)
     inputs = [[rng.randrange(8) for _ in range(rng.randint(2, 12))] for _ in range(7)]

@@ -109,7 +109,8 @@ def test_packed_loss_through_lora_matches_padded():
     from smolforge.inits.lora import add_lora
 
     split = make_split()
-    model = add_lora(tiny_model(), LoraParams(4, 8.0, 0.0, ["q_proj", "v_proj"]), seed=1)
+    # LoRA wraps transformers' Linear modules: the HF model (the training model reads their weights)
+    model = add_lora(model_lib.to_hf(tiny_model()), LoraParams(4, 8.0, 0.0, ["q_proj", "v_proj"]), seed=1)
     with torch.no_grad():  # B starts at zero: give the adapters a non-trivial output
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -134,7 +135,7 @@ def test_packed_training_step_matches_padded_step():
         out = []
         for _ in range(3):
             s = trainloop.next_step(split, sampler, 2, 0, CPU, packed=packed)
-            out.append(sum(trainloop.step(model, model, opt, s, 1e-2, 1.0, "float32", CPU)) / s.n_targets)
+            out.append(sum(trainloop.step(trainloop.wrap(model, CPU, False), model, opt, s, 1e-2, 1.0, "float32", CPU)) / s.n_targets)
         losses[packed] = out
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
 

@@ -1,0 +1,282 @@
+"""The scratch Llama as training runs it: the function of transformers' `LlamaForCausalLM`
+(for the configs `smolforge.core.model.llama_config` makes) in fewer, cheaper ops.
+
+The parameters are HF's, under HF's names (`model.layers.0.self_attn.q_proj.weight`, ...),
+so `state_dict()` loads into transformers' `LlamaForCausalLM` and back, and what train
+saves is an ordinary HF folder (`smolforge.core.model.to_hf`). Only the forward differs:
+
+- RoPE is one complex multiply over the queries and keys together. HF rotates the pairs
+  (i, i + D/2) of each head; the fused q/k/v weight lists each q and k head's rows in the
+  order 0, D/2, 1, D/2 + 1, ..., so the matmul writes those pairs side by side, as complex
+  numbers. Queries and keys are permuted alike, so q . k is unchanged and the permutation
+  is never undone. Its backward writes one (B, T, 3C) gradient.
+- An RMSNorm weight is folded into the weight of the matmul that reads the norm:
+  (x / rms(x) * w) @ W.T == (x / rms(x)) @ (W * w).T, a (3C, C) multiply instead of a
+  (B, T, C) one; the final norm's weight goes into the LM head the same way.
+- x / rms(x) has a four-op backward (autograd's through the composite takes about ten).
+- The residual adds ride on the output matmuls (`addmm`), attention is
+  `F.scaled_dot_product_attention`, causal without a mask.
+
+The nn.Linear submodules hold the weights, but the forward reads their `.weight` itself:
+forward hooks or peft adapters on them would never run (LoRA wants `to_hf`'s model). Under
+torch.compile and under autocast the same function runs in plain real ops (`plain`).
+Same function as HF, other rounding: logits agree within ~1e-6 in float32, gradients
+within ~1e-6 relative (tests/unit/test_llama_fast.py), not bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CausalLMOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V), or (B, K, V) for the positions of `logits_to_keep`
+
+
+class BaseModelOutput(NamedTuple):
+    last_hidden_state: torch.Tensor  # (B, T, C), after the final norm
+
+
+def check_config(config) -> None:
+    """Refuse a LlamaConfig this module would not compute as HF does (ValueError)."""
+    problems = []
+    if config.hidden_act != "silu":
+        problems.append(f"hidden_act {config.hidden_act!r} (silu only)")
+    if config.attention_bias or config.mlp_bias:
+        problems.append("biases (attention_bias and mlp_bias must be false)")
+    if rope_parameters(config).get("rope_type", "default") != "default":
+        problems.append(f"rope_type {rope_parameters(config)['rope_type']!r} (default only)")
+    if getattr(config, "head_dim", None) not in (None, config.hidden_size // config.num_attention_heads):
+        problems.append(f"head_dim {config.head_dim} other than hidden_size / num_attention_heads")
+    if config.attention_dropout:
+        problems.append(f"attention_dropout {config.attention_dropout} (0 only)")
+    if problems:
+        raise ValueError("smolforge.core.llama cannot run this LlamaConfig: " + "; ".join(problems))
+
+
+def rope_parameters(config) -> dict:
+    return getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}
+
+
+# ---- the ops autograd would make expensive
+
+
+class RMSScale(torch.autograd.Function):
+    """x / rms(x) over the last dim, without a weight."""
+
+    @staticmethod
+    def forward(ctx, x, eps: float):
+        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], None, eps)  # (..., C), (..., 1)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, rstd = ctx.saved_tensors
+        # d(x * rstd(x)) = rstd * (g - y * mean(g * y))
+        return torch.addcmul(g, y, (g * y).mean(-1, keepdim=True), value=-1).mul_(rstd), None
+
+
+class RoPE(torch.autograd.Function):
+    """qkv (B, T, (H + 2 KV) D), its q and k heads pair-interleaved -> q (B, H, T, D), k and
+    v (B, KV, T, D), q and k rotated by rot (B or 1, T, 1, D/2) complex."""
+
+    @staticmethod
+    def forward(ctx, qkv, rot, H: int, KV: int):
+        D = qkv.shape[-1] // (H + 2 * KV)
+        qk = torch.view_as_complex(qkv[..., : (H + KV) * D].unflatten(-1, (H + KV, D // 2, 2)))
+        qk = torch.view_as_real(qk * rot).flatten(-2)  # (B, T, H + KV, D)
+        v = qkv[..., (H + KV) * D :].unflatten(-1, (KV, D))  # (B, T, KV, D)
+        ctx.save_for_backward(rot)
+        ctx.H, ctx.KV = H, KV
+        return qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        (rot,) = ctx.saved_tensors
+        H, KV, (B, _, T, D) = ctx.H, ctx.KV, dq.shape
+        d = dq.new_empty(B, T, H + 2 * KV, D)
+        pairs = lambda t: torch.view_as_complex(t.unflatten(-1, (D // 2, 2)))  # noqa: E731
+        # rotate back (times conj(rot)), straight into the q and k heads of d
+        torch.mul(pairs(dq.transpose(1, 2)), rot.conj(), out=pairs(d[:, :, :H]))
+        torch.mul(pairs(dk.transpose(1, 2)), rot.conj(), out=pairs(d[:, :, H : H + KV]))
+        d[:, :, H + KV :].copy_(dv.transpose(1, 2))
+        return d.flatten(-2), None, None, None
+
+
+def plain(x: torch.Tensor) -> bool:
+    """Whether to compute in plain ops: under torch.compile (inductor fuses them itself and
+    makes no code for complex numbers) and under autocast (bfloat16 has no complex type,
+    and the residual stream stays float32 as in HF, so no addmm into it)."""
+    return torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
+
+
+def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    if plain(x):
+        return F.rms_norm(x, x.shape[-1:], None, eps)
+    return RMSScale.apply(x, eps)
+
+
+def rope_split(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, H: int, KV: int):
+    """q, k, v heads of qkv, q and k rotated (see RoPE); cos and sin (B or 1, T, 1, D/2)."""
+    if not plain(qkv):
+        return RoPE.apply(qkv, torch.complex(cos, sin), H, KV)
+    D = qkv.shape[-1] // (H + 2 * KV)
+    cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)  # as HF casts them
+    qk = qkv[..., : (H + KV) * D].unflatten(-1, (H + KV, D // 2, 2))  # (B, T, H + KV, D/2, 2)
+    a, b = qk[..., 0], qk[..., 1]
+    qk = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)  # (B, T, H + KV, D)
+    v = qkv[..., (H + KV) * D :].unflatten(-1, (KV, D))
+    return qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
+
+
+def residual_linear(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x + h @ weight.T, (B, T, C): one addmm (BLAS adds into x's copy)."""
+    if plain(x):
+        return x + F.linear(h, weight)
+    B, T, C = x.shape
+    return torch.addmm(x.reshape(B * T, C), h.reshape(B * T, -1), weight.t()).view(B, T, C)
+
+
+# ---- the model, module for module HF's
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_scale(x, self.eps) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        C, H, KV = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        self.n_heads, self.n_kv_heads, self.head_dim = H, KV, C // H
+        D = self.head_dim
+        self.q_proj = nn.Linear(C, H * D, bias=False)
+        self.k_proj = nn.Linear(C, KV * D, bias=False)
+        self.v_proj = nn.Linear(C, KV * D, bias=False)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        # rows of a q or k weight in RoPE's pair order: 0, D/2, 1, D/2 + 1, ... in each head
+        pairs = torch.stack([torch.arange(D // 2), torch.arange(D // 2) + D // 2], 1).flatten()
+        self.register_buffer("pairs", (torch.arange(H)[:, None] * D + pairs).flatten(), persistent=False)
+
+    def forward(self, x, xhat, norm_w, cos, sin, mask):
+        """x + attention(xhat * norm_w); x (B, T, C) the residual, xhat = x / rms(x)."""
+        B, T, C = x.shape
+        H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
+        wq = self.q_proj.weight[self.pairs] * norm_w
+        wk = self.k_proj.weight[self.pairs[: KV * D]] * norm_w  # the same order for the KV key heads
+        w = torch.cat([wq, wk, self.v_proj.weight * norm_w])  # ((H + 2 KV) D, C)
+        q, k, v = rope_split(F.linear(xhat, w), cos, sin, H, KV)  # (B, H or KV, T, D)
+        if KV < H:  # grouped-query attention: each k/v head serves H / KV query heads
+            k = k.repeat_interleave(H // KV, dim=1)
+            v = v.repeat_interleave(H // KV, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=D**-0.5)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # no copy: SDPA writes (B, T, H, D)
+        return residual_linear(x, y, self.o_proj.weight)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        C, F_ = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(C, F_, bias=False)
+        self.up_proj = nn.Linear(C, F_, bias=False)
+        self.down_proj = nn.Linear(F_, C, bias=False)
+
+    def forward(self, x, xhat, norm_w):
+        """x + mlp(xhat * norm_w)."""
+        gate = F.linear(xhat, self.gate_proj.weight * norm_w)  # (B, T, F)
+        up = F.linear(xhat, self.up_proj.weight * norm_w)
+        return residual_linear(x, F.silu(gate) * up, self.down_proj.weight)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask):
+        norm = self.input_layernorm
+        x = self.self_attn(x, rms_scale(x, norm.eps), norm.weight, cos, sin, mask)
+        norm = self.post_attention_layernorm
+        return self.mlp(x, rms_scale(x, norm.eps), norm.weight)
+
+
+class LlamaModel(nn.Module):
+    """HF's `LlamaModel`: embeddings, decoder layers, final norm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        D = config.hidden_size // config.num_attention_heads
+        # HF's inverse frequencies, the same float32 values
+        inv_freq = 1.0 / (rope_parameters(config)["rope_theta"] ** (torch.arange(0, D, 2).float() / D))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None) -> BaseModelOutput:
+        """input_ids (B, T); position_ids (B, T), any ids (RoPE rotates by each), or None
+        for 0 .. T-1; attention_mask None (causal) or 4D (B or 1, 1, T, T), bool True where
+        a query may attend (or float, added to the scores)."""
+        return BaseModelOutput(self.norm(self.hidden(input_ids, position_ids, attention_mask)))
+
+    def hidden(self, input_ids, position_ids=None, attention_mask=None) -> torch.Tensor:
+        """The last layer's output (B, T, C), before the final norm."""
+        if attention_mask is not None and attention_mask.dim() != 4:
+            raise ValueError(
+                f"attention_mask: expected None or a 4D (B, 1, T, T) mask, got shape {tuple(attention_mask.shape)}"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        # one rotation per position, shared by every layer and head
+        angles = position_ids[..., None, None].float() * self.inv_freq  # (B, T, 1, D/2)
+        cos, sin = angles.cos(), angles.sin()
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attention_mask)
+        return x
+
+
+class Llama(nn.Module):
+    """HF's `LlamaForCausalLM` for training: `model(input_ids=..., position_ids=...,
+    attention_mask=..., logits_to_keep=...).logits`, `model.model(...).last_hidden_state`,
+    `model.lm_head`, `model.config`, `model.generation_config`, and HF's state-dict names.
+    Another class name, so that nothing takes it for transformers' own (smolforge.core.decode
+    picks its KV-cache stepper by that name)."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import GenerationConfig
+
+        check_config(config)
+        self.config = config
+        self.generation_config = GenerationConfig.from_model_config(config)  # saved with the model
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, logits_to_keep=0) -> CausalLMOutput:
+        """logits_to_keep: 0 for every position, k > 0 for the last k, or a 1D long tensor
+        of positions along T."""
+        h = self.model.hidden(input_ids, position_ids, attention_mask)  # (B, T, C)
+        if isinstance(logits_to_keep, int):
+            h = h[:, -logits_to_keep:] if logits_to_keep else h
+        else:
+            h = h[:, logits_to_keep]
+        norm = self.model.norm
+        return CausalLMOutput(F.linear(rms_scale(h, norm.eps), self.lm_head.weight * norm.weight))
