@@ -32,7 +32,7 @@ def load_model():
         return AutoModelForCausalLM.from_pretrained(str(hf)).eval(), "models/nets/hf"
     p = load_params("train.nets", TrainParams, ROOT / "params.yaml")
     config = model_lib.llama_config(p.model, 268, 1, 2, 0)
-    return model_lib.build(config, p.seed).eval(), "a fresh train.nets-shaped model"
+    return model_lib.to_hf(model_lib.build(config, p.seed)).eval(), "a fresh train.nets-shaped model"
 
 
 def naive(model, prompts: list[list[int]], budgets: list[int], eos_id: int) -> list[list[int]]:
