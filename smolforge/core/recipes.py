@@ -80,6 +80,7 @@ RECIPES = {
                 "synthesize.conversations.words=words/common_nouns.txt",
                 "format.chat.sources.essays=0",
                 "format.chat.sources.qa=0",
+                "format.chat.val_share=0.1",
                 "train.chat.batch_size=32",
                 "train.chat.max_steps=700",
                 "train.chat.warmup_steps=50",

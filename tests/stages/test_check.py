@@ -166,4 +166,4 @@ def test_the_at_scale_set_asks_for_thousands_of_shipped_words():
     assert len(words) >= 2000 and all(w.isalpha() and w.islower() for w in words)
     assert data["synthesize"]["tasks"] == ["conversations"]
     # the default stays small: the at-scale list is an experiment, not the default
-    assert len(read_words(str(ROOT / read_yaml(PARAMS)["synthesize"]["conversations"]["words"]))) < 100
+    assert len(read_words(str(ROOT / read_yaml(PARAMS)["synthesize"]["conversations"]["words"]))) <= 100
