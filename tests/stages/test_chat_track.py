@@ -200,7 +200,10 @@ def test_evaluate_compares_finetune_and_base_on_the_same_tokens(chat_eval, tiny_
     m = json.loads((chat_eval / "live/metrics.json").read_text())
     assert m["val_loss"] < m["base_val_loss"]  # trained on this corpus; the base is random
     assert m["val_loss_change"] == pytest.approx(m["val_loss"] - m["base_val_loss"], abs=2e-4)
-    assert all(isinstance(v, (int, float)) for v in m.values()) and len(m) <= 10  # flat headline
+    # flat headline figures, at most ten, and each source's losses beside them
+    flat = {k: v for k, v in m.items() if k != "per_source"}
+    assert all(isinstance(v, (int, float)) for v in flat.values()) and len(flat) <= 10
+    assert all(isinstance(v, float) for row in m["per_source"].values() for v in row.values())
     assert m["val_loss"] == round(m["val_loss"], 4)
     train_m = json.loads((tiny_chat_run["metrics"] / "train/metrics.json").read_text())
     assert m["base_val_loss"] == pytest.approx(train_m["base_val_loss"], abs=2e-4)  # one definition
