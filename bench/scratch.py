@@ -9,9 +9,11 @@ parameters.
 
 Every side runs the same bare step (forward, cross-entropy over every position, backward,
 AdamW) on the same random batches of `train.nets` size (64 x 96 tokens), float32, in
-alternating rounds in one process. The Llama is the pipeline's own training model
-(`smolforge.core.model.build`: smolforge.core.llama, as stage train builds it); transformers'
-`LlamaForCausalLM` with the same weights runs beside it, so the gain over it shows. Without
+alternating rounds in one process, with freed memory kept in the heap as stage train
+keeps it (smolforge/core/heap.py; SMOLFORGE_KEEP_FREED=0 measures glibc's defaults). The
+Llama is the pipeline's own training model (`smolforge.core.model.build`:
+smolforge.core.llama, as stage train builds it); transformers' `LlamaForCausalLM` with
+the same weights runs beside it, so the gain over it shows. Without
 --quick, both models also run under torch.compile (as `train.<model>.compile: true` runs
 them; it needs a C compiler).
 """
@@ -27,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.common import Row, interleave, median, meets, paired_ratio
+from smolforge.core import heap, trainloop
 from smolforge.core import model as model_lib
-from smolforge.core import trainloop
 from smolforge.core.params import load_params
 from smolforge.core.train import TrainParams
 
@@ -107,6 +109,7 @@ def run(quick: bool) -> list[Row]:
     p = load_params("train.nets", TrainParams, ROOT / "params.yaml")
     s = p.model
     torch.set_num_threads(p.threads)
+    kept = heap.keep_freed_memory()  # as stage train runs; both sides share the process's heap
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(3, VOCAB, (p.batch_size, T + 1), generator=g) for _ in range(8)]
     llama = model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed)
@@ -131,7 +134,8 @@ def run(quick: bool) -> list[Row]:
     for side in sides.values():
         side.block(2)  # warm-up (and compiling)
     got = interleave({name: (lambda sd=side: sd.block(k)) for name, side in sides.items()}, rounds)
-    setting = f"train.nets shape, batch {p.batch_size}x{T}, float32, {p.threads} threads"
+    heap_note = "freed memory kept (as train runs)" if kept else "glibc malloc defaults"
+    setting = f"train.nets shape, batch {p.batch_size}x{T}, float32, {p.threads} threads, {heap_note}"
     shape = f"{s.n_layers} layers, width {s.dim}, {s.n_heads} heads"
 
     def row(a: str, b: str, name: str, target: str, note: str) -> Row:

@@ -38,9 +38,8 @@ from pathlib import Path
 
 import torch
 
-from smolforge.core import card, checkpoint, live, tokenizer, tokens, trainloop
+from smolforge.core import card, checkpoint, heap, live, precision, tokenizer, tokens, trainloop
 from smolforge.core import model as model_lib
-from smolforge.core import precision
 from smolforge.core import train as training
 from smolforge.core.cli import StageError, produced_by, run
 from smolforge.core.io import atomic_dir, read_meta, write_json
@@ -93,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- this process's device and share of the work
     torch.set_num_threads(p.threads)
+    heap_kept = heap.keep_freed_memory()  # the step's tensors reuse freed pages (smolforge/core/heap.py)
     d = trainloop.setup(p.device, f"train.{args.model}.device")
     if d.world > 1 and p.batch_size % d.world:
         raise StageError(
@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         card.write_card(tmp, model_card)
     training.write_live(args.live, progress, training.metrics(progress, job, n_params, n_trainable))
-    write_json(args.timing, training.timing(progress, run_p, d) | {"dtype_choice": why})
+    write_json(
+        args.timing,
+        training.timing(progress, run_p, d) | {"dtype_choice": why, "malloc_keeps_freed": heap_kept},
+    )
     final_val = progress.history["val"][-1][1]
     log.info(
         "done: %d steps, %s tokens, val loss %.4f", progress.step, f"{progress.tokens_seen:,}", final_val

@@ -68,11 +68,15 @@ CASES = {
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("ops", ["fast", "plain"])
+@pytest.mark.parametrize("ops", ["fast", "fast, long rows", "plain"])
 def test_logits_and_gradients_equal_transformers(case, n_kv_heads, ops, monkeypatch):
-    """plain: the ops torch.compile and autocast run (`llama.plain`), here in eager float32."""
+    """fast: causal rows this short run ShortAttention; long rows: as if longer than
+    SHORT (SDPA on the head-major views); plain: the ops torch.compile and autocast run
+    (`llama.plain`), here in eager float32."""
     if ops == "plain":
         monkeypatch.setattr(llama, "plain", lambda x: True)
+    if ops == "fast, long rows":
+        monkeypatch.setattr(llama, "SHORT", 0)
     fast, hf = pair(n_kv_heads)
     ids, pos, mask = CASES[case]()
     got = fast(input_ids=ids, position_ids=pos, attention_mask=mask).logits
@@ -83,6 +87,36 @@ def test_logits_and_gradients_equal_transformers(case, n_kv_heads, ops, monkeypa
     F.cross_entropy(got.flatten(0, 1), target.flatten()).backward()
     F.cross_entropy(want.flatten(0, 1), target.flatten()).backward()
     assert_close_grads(fast, hf)
+
+
+@pytest.mark.parametrize("T", [1, 7, 96])
+def test_short_attention_is_causal_sdpa(T):
+    """ShortAttention (in-place softmax, its own backward) against SDPA's causal attention:
+    outputs and the gradients of q, k and v."""
+    g = torch.Generator().manual_seed(T)
+    q, k, v, dy = (torch.randn(6, T, 16, generator=g) for _ in range(4))
+    fast = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    y = llama.ShortAttention.apply(*fast)
+    want = F.scaled_dot_product_attention(*ref, is_causal=True)
+    assert (y - want).abs().max().item() < 1e-5
+    y.backward(dy)
+    want.backward(dy)
+    for a, b in zip(fast, ref):
+        assert (a.grad - b.grad).abs().max().item() < 1e-5
+
+
+def test_swiglu_backward_runs_once():
+    """SwiGLU's backward overwrites its saved input: a second backward through the same
+    graph must fail loudly, never return wrong gradients."""
+    h = torch.randn(4, 10, requires_grad=True)
+    y = llama.SwiGLU.apply(h * 1.0).sum()  # h * 1.0: a fresh tensor, as the matmul output is
+    y.backward(retain_graph=True)
+    gate, up = h.detach().chunk(2, -1)
+    assert torch.allclose(h.grad, torch.cat([up * torch.ops.aten.silu_backward(torch.ones_like(gate), gate),
+                                             F.silu(gate)], -1), atol=1e-6)  # fmt: skip
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
 
 
 def test_the_mask_isolates_packed_examples():
