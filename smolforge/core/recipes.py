@@ -70,29 +70,29 @@ RECIPES = {
         Recipe(
             "chat-builder-at-scale",
             "chat-builder + llama2.c, at its own scale",
-            "the chat-builder model trained on the dialogues of ~3,000 LLM requests, one per noun of "
-            "words/common_nouns.txt (about an hour of synthesis on 2 cores; docs/chat.md)",
+            "the chat-builder model trained on the dialogues of ~9,000 LLM requests, three per noun "
+            "of words/common_nouns.txt (about an hour of synthesis on 2 cores; docs/chat.md)",
             (
                 "format.chat.chat_style=chat_builder",
                 "pretokenize.chat.tokenizer=sentencepiece",
                 "train.chat.init=scratch",
                 "synthesize.tasks=[conversations]",
                 "synthesize.conversations.words=words/common_nouns.txt",
+                "synthesize.conversations.samples_per_word=3",
                 "format.chat.sources.essays=0",
                 "format.chat.sources.qa=0",
                 "format.chat.val_share=0.1",
                 "train.chat.batch_size=32",
-                "train.chat.max_steps=300",
-                "train.chat.warmup_steps=30",
+                "train.chat.max_steps=750",
+                "train.chat.warmup_steps=50",
                 "train.chat.lr=1e-3",
                 "train.chat.weight_decay=0.1",
-                "train.chat.eval_every=50",
-                "train.chat.checkpoint_every=100",
+                "train.chat.eval_every=75",
+                "train.chat.checkpoint_every=150",
                 "train.chat.log_every=25",
-                "evaluate.chat.prompts=[What does the word kettle mean?,What is a lantern for?,"
-                "What does the word violin mean?,What is a compass?,What does the word glacier mean?,"
-                "What is a saddle?,What does the word volcano mean?,What is an umbrella for?,"
-                "What does the word harbor mean?,What is a puzzle?]",
+                "evaluate.chat.prompts=[What is a river?,What does a doctor do?,What does the word garden mean?,"
+                "What is a window for?,What is a horse?,What does winter mean?,What is the ocean?,"
+                "What is a kitchen for?,What does the word library mean?,What is a camera?]",
             ),
             synthesizes=True,
         ),
