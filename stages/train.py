@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from smolforge.core import card, checkpoint, heap, live, precision, tokenizer, tokens, trainloop
+from smolforge.core import card, checkpoint, cpu_kernels, heap, live, precision, tokenizer, tokens, trainloop
 from smolforge.core import model as model_lib
 from smolforge.core import train as training
 from smolforge.core.cli import StageError, produced_by, run
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(p.threads)
     heap_kept = heap.keep_freed_memory()  # the step's tensors reuse freed pages (smolforge/core/heap.py)
     d = trainloop.setup(p.device, f"train.{args.model}.device")
+    # the scratch Llama's fused CPU kernels, built once per machine (smolforge/core/cpu_kernels.py)
+    kernels = p.init == "scratch" and d.device.type == "cpu" and cpu_kernels.load()
     if d.world > 1 and p.batch_size % d.world:
         raise StageError(
             f"params.yaml: train.{args.model}.batch_size {p.batch_size} is the global batch: it must "
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     training.write_live(args.live, progress, training.metrics(progress, job, n_params, n_trainable))
     write_json(
         args.timing,
-        training.timing(progress, run_p, d) | {"dtype_choice": why, "malloc_keeps_freed": heap_kept},
+        training.timing(progress, run_p, d)
+        | {"dtype_choice": why, "malloc_keeps_freed": heap_kept, "cpu_kernels": kernels},
     )
     final_val = progress.history["val"][-1][1]
     log.info(

@@ -22,6 +22,9 @@ saves is an ordinary HF folder (`smolforge.core.model.to_hf`). Only the forward 
   in-place softmax (1.7x faster than the flash kernel at T <= 128 on the CPU); longer
   rows and masks go to `F.scaled_dot_product_attention`.
 - The residual adds ride on the output matmuls (`addmm`).
+- On the CPU in float32, RMSScale, RoPE, SwiGLU and the short attention's softmax run
+  fused C++ kernels (smolforge/core/cpu_kernels.py: one pass where the torch ops above
+  take three to five), built once per machine; without them, the torch ops.
 
 Measured side by side against a nanoGPT-shaped GPT of the same size in bench/scratch.py.
 
@@ -39,6 +42,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from smolforge.core import cpu_kernels
 
 
 class CausalLMOutput(NamedTuple):
@@ -78,10 +83,12 @@ class RMSScale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, eps: float):
-        # one fused reduction (aten's _fused_rms_norm is five passes on the CPU)
-        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
-        rstd = rstd.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-        y = x * rstd  # (..., C)
+        if cpu_kernels.usable(x):  # one pass over each row
+            y, rstd = torch.ops.smolforge.rms_scale(x.contiguous(), eps)
+        else:  # one fused reduction (aten's _fused_rms_norm is five passes on the CPU)
+            rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
+            rstd = rstd.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+            y = x * rstd  # (..., C)
         ctx.save_for_backward(y, rstd)
         return y
 
@@ -89,6 +96,8 @@ class RMSScale(torch.autograd.Function):
     def backward(ctx, g):
         y, rstd = ctx.saved_tensors
         # d(x * rstd(x)) = rstd * (g - y * mean(g * y))
+        if cpu_kernels.usable(g):
+            return torch.ops.smolforge.rms_scale_backward(g.contiguous(), y, rstd), None
         return torch.addcmul(g, y, (g * y).mean(-1, keepdim=True), value=-1).mul_(rstd), None
 
 
@@ -124,6 +133,30 @@ class RoPE(torch.autograd.Function):
         return d.flatten(-2), None, None, None
 
 
+class RoPEKernel(torch.autograd.Function):
+    """RoPE in one pass each way (smolforge/core/cpu_kernels.cpp): the same map."""
+
+    @staticmethod
+    def forward(ctx, qkv, cosx, sinx, H: int, KV: int):
+        out = torch.ops.smolforge.rope(qkv.contiguous(), cosx, sinx, H, KV)  # (H + 2 KV, B, T, D)
+        ctx.save_for_backward(cosx, sinx)
+        return out[:H], out[H : H + KV], out[H + KV :]
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        cosx, sinx = ctx.saved_tensors
+        d = torch.ops.smolforge.rope_backward(dq.contiguous(), dk.contiguous(), dv.contiguous(), cosx, sinx)
+        return d, None, None, None, None
+
+
+def kernel_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B or 1, T, 1, D/2) -> the kernel's (B or 1, T, D) tables: each cos twice,
+    each sin as (-sin, +sin), so that a pair (a, b) becomes (a cos - b sin, b cos + a sin)."""
+    cosx = cos.squeeze(2).repeat_interleave(2, -1)
+    sinx = torch.stack([-sin.squeeze(2), sin.squeeze(2)], -1).flatten(-2)
+    return cosx.contiguous(), sinx.contiguous()
+
+
 def pairs(t: torch.Tensor) -> torch.Tensor:
     """(..., D) real -> (..., D/2) complex view of its (2i, 2i + 1) pairs."""
     return torch.view_as_complex(t.unflatten(-1, (t.shape[-1] // 2, 2)))
@@ -145,6 +178,8 @@ def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
 def rope_split(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, H: int, KV: int):
     """q (H, B, T, D), k and v (KV, B, T, D) heads of qkv, q and k rotated (see RoPE); cos
     and sin (B or 1, T, 1, D/2)."""
+    if not plain(qkv) and cpu_kernels.usable(qkv, cos):
+        return RoPEKernel.apply(qkv, *kernel_tables(cos, sin), H, KV)
     if not plain(qkv):
         return RoPE.apply(qkv, torch.complex(cos, sin), H, KV)
     D = qkv.shape[-1] // (H + 2 * KV)
@@ -164,6 +199,9 @@ class SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h):
+        if cpu_kernels.usable(h):  # one pass; the backward recomputes silu from h
+            ctx.save_for_backward(h)
+            return torch.ops.smolforge.swiglu(h.contiguous())
         gate, up = h.chunk(2, -1)
         s = F.silu(gate)
         ctx.save_for_backward(h, s)
@@ -172,6 +210,11 @@ class SwiGLU(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
+        if len(ctx.saved_tensors) == 1:
+            (h,) = ctx.saved_tensors
+            torch.ops.smolforge.swiglu_backward_(h, g.contiguous())
+            torch.autograd.graph.increment_version(h)  # (a custom op does not count its writes)
+            return h
         h, s = ctx.saved_tensors
         gate, up = h.chunk(2, -1)
         # h becomes its own gradient, each half read for the last time as it is overwritten
@@ -214,9 +257,12 @@ class ShortAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
         N, T, D = q.shape
-        causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
-        p = torch.baddbmm(causal, q, k.transpose(1, 2), alpha=D**-0.5)  # (N, T, T) scores
-        torch.softmax(p, -1, out=p)
+        if cpu_kernels.usable(q):  # the kernel reads only the causal half: no mask to write
+            p = torch.ops.smolforge.causal_softmax_(torch.bmm(q, k.transpose(1, 2)), D**-0.5)
+        else:
+            causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+            p = torch.baddbmm(causal, q, k.transpose(1, 2), alpha=D**-0.5)  # (N, T, T) scores
+            torch.softmax(p, -1, out=p)
         ctx.save_for_backward(q, k, v, p)
         return torch.bmm(p, v)
 
@@ -226,7 +272,10 @@ class ShortAttention(torch.autograd.Function):
         scale = q.shape[-1] ** -0.5
         dv = torch.bmm(p.transpose(1, 2), dy)
         dp = torch.bmm(dy, v.transpose(1, 2))  # (N, T, T)
-        ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)  # p * (dp - sum(dp * p))
+        if cpu_kernels.usable(dp):
+            ds = torch.ops.smolforge.causal_softmax_backward_(dp, p)  # p * (dp - sum(dp * p)), in place
+        else:
+            ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)
         dq = torch.baddbmm(q, ds, k, beta=0, alpha=scale)  # (q only gives the shape: beta 0)
         dk = torch.baddbmm(k, ds.transpose(1, 2), q, beta=0, alpha=scale)
         return dq, dk, dv

@@ -68,11 +68,14 @@ CASES = {
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("ops", ["fast", "fast, long rows", "plain"])
+@pytest.mark.parametrize("ops", ["fast", "fast, torch ops", "fast, long rows", "plain"])
 def test_logits_and_gradients_equal_transformers(case, n_kv_heads, ops, monkeypatch):
-    """fast: causal rows this short run ShortAttention; long rows: as if longer than
-    SHORT (SDPA on the head-major views); plain: the ops torch.compile and autocast run
-    (`llama.plain`), here in eager float32."""
+    """fast: causal rows this short run ShortAttention, with the CPU kernels where they
+    built (smolforge/core/cpu_kernels.py); torch ops: the same without them; long rows:
+    as if longer than SHORT (SDPA on the head-major views); plain: the ops torch.compile
+    and autocast run (`llama.plain`), here in eager float32."""
+    if ops == "fast, torch ops":
+        monkeypatch.setattr(llama.cpu_kernels, "usable", lambda *tensors: False)
     if ops == "plain":
         monkeypatch.setattr(llama, "plain", lambda x: True)
     if ops == "fast, long rows":
