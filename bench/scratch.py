@@ -7,6 +7,10 @@ LM head tied to the token embedding); no nanoGPT code is copied. At the default 
 (2 layers, width 128, 4 heads, vocabulary 272, context 256) both models have 461,440
 parameters.
 
+The Llama runs as stage train runs it: with the fused CPU kernels of
+smolforge/core/cpu_kernels.py where they build (a C++ compiler), and its torch ops
+otherwise; a twin on torch ops alone runs beside it, so the kernels' share shows.
+
 Every side runs the same bare step (forward, cross-entropy over every position, backward,
 AdamW) on the same random batches of `train.nets` size (64 x 96 tokens), float32, in
 alternating rounds in one process, with freed memory kept in the heap as stage train
@@ -29,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.common import Row, interleave, median, meets, paired_ratio
-from smolforge.core import heap, trainloop
+from smolforge.core import cpu_kernels, heap, trainloop
 from smolforge.core import model as model_lib
 from smolforge.core.params import load_params
 from smolforge.core.train import TrainParams
@@ -85,13 +89,23 @@ class GPT(nn.Module):
 
 
 class Side:
-    """A bare training step on one model over a fixed list of batches."""
+    """A bare training step on one model over a fixed list of batches (torch_ops: with
+    the CPU kernels paused)."""
 
-    def __init__(self, model: nn.Module, logits, p: TrainParams, batches: list[torch.Tensor]):
+    def __init__(
+        self, model: nn.Module, logits, p: TrainParams, batches: list[torch.Tensor], torch_ops=False
+    ):
         self.model, self.logits, self.batches, self.i = model, logits, batches, 0
         self.opt = trainloop.optimizer(model, p.lr, p.betas, p.weight_decay)
+        self.torch_ops = torch_ops
 
     def block(self, n_steps: int) -> float:
+        if self.torch_ops:
+            with cpu_kernels.paused():
+                return self.steps(n_steps)
+        return self.steps(n_steps)
+
+    def steps(self, n_steps: int) -> float:
         n_tokens, t0 = 0, time.perf_counter()
         for _ in range(n_steps):
             x = self.batches[self.i % len(self.batches)]
@@ -110,6 +124,7 @@ def run(quick: bool) -> list[Row]:
     s = p.model
     torch.set_num_threads(p.threads)
     kept = heap.keep_freed_memory()  # as stage train runs; both sides share the process's heap
+    kernels = cpu_kernels.load()  # as stage train loads them (built on first use)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(3, VOCAB, (p.batch_size, T + 1), generator=g) for _ in range(8)]
     llama = model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed)
@@ -124,6 +139,9 @@ def run(quick: bool) -> list[Row]:
         "hf": Side(hf, llama_logits, p, batches),
         "gpt": Side(gpt, gpt_logits, p, batches),
     }
+    if kernels:  # the same Llama (own weights) on torch ops alone
+        twin = model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed)
+        sides["llama torch ops"] = Side(twin, llama_logits, p, batches, torch_ops=True)
     if not quick:  # compiled twins (their own weights: training mutates them), as trainloop.wrap compiles
         twin = model_lib.build(model_lib.llama_config(s, VOCAB, 1, 2, 0), p.seed)
         torch.manual_seed(p.seed)
@@ -144,13 +162,18 @@ def run(quick: bool) -> list[Row]:
         return Row(name, *medians, "tok/s", ratio, target, meets(ratio, target), note, samples)
 
     params = f"params {n_llama:,} (Llama) vs {n_gpt:,} (GPT)"
+    ops = "CPU kernels" if kernels else "torch ops (the CPU kernels did not build here)"
     table = [
-        ("llama", "gpt", f"scratch Llama vs nanoGPT-shaped GPT ({setting})", ">= 1.0", f"{shape}; {params}"),
+        ("llama", "gpt", f"scratch Llama vs nanoGPT-shaped GPT ({setting})", ">= 1.0", f"{shape}; {params}; {ops}"),
+        ("llama torch ops", "gpt", f"scratch Llama on torch ops alone vs nanoGPT-shaped GPT ({setting})", "",
+         "SMOLFORGE_CPU_KERNELS=0, or no C++ compiler"),
+        ("llama", "llama torch ops", f"scratch Llama, CPU kernels vs torch ops ({setting})", "",
+         "smolforge/core/cpu_kernels.py: fused RMSNorm, RoPE + attention, SwiGLU"),
         ("hf", "gpt", f"HF LlamaForCausalLM vs nanoGPT-shaped GPT ({setting})", "",
          "transformers' own Llama with the same weights: what training ran before smolforge.core.llama"),
         ("llama compiled", "gpt compiled", f"scratch Llama vs nanoGPT-shaped GPT, both torch.compile ({setting})",
-         ">= 1.0", "dynamic=True, as train.<model>.compile runs them"),
+         "", "dynamic=True, as train.<model>.compile runs them; compiled, the Llama runs inductor's code, not the kernels"),
         ("llama compiled", "gpt", f"scratch Llama under torch.compile vs nanoGPT-shaped GPT eager ({setting})",
          "", "the pipeline with compile: true against the GPT as written"),
     ]  # fmt: skip
-    return [row(*r) for r in table if r[0] in got]
+    return [row(*r) for r in table if r[0] in got and r[1] in got]

@@ -23,6 +23,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -32,6 +33,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 namespace {
 
@@ -47,19 +49,11 @@ void check(const at::Tensor& t, const char* name) {
 int64_t grain(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_len)); }
 
 float sum(Vec v) {
-  float lanes[W];
-  v.store(lanes);
-  float s = 0.f;
-  for (int64_t i = 0; i < W; i++) s += lanes[i];
-  return s;
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
 }
 
 float maximum(Vec v) {
-  float lanes[W];
-  v.store(lanes);
-  float m = lanes[0];
-  for (int64_t i = 1; i < W; i++) m = std::max(m, lanes[i]);
-  return m;
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, v);
 }
 
 // ---- SwiGLU: h = [gate | up] (rows, 2F) -> silu(gate) * up (rows, F)
@@ -183,72 +177,45 @@ at::Tensor rms_scale_backward(const at::Tensor& g, const at::Tensor& y, const at
 // ---- causal softmax, in place over scores (N, T, T): row i of each matrix becomes
 // softmax(scale * s[i, :i+1]) followed by zeros; the masked half is never read.
 
-at::Tensor causal_softmax_(at::Tensor s, double scale) {
-  check(s, "scores");
-  TORCH_CHECK(s.dim() == 3 && s.size(1) == s.size(2), "smolforge kernels: causal_softmax_ wants (N, T, T) scores");
-  const int64_t T = s.size(1), rows = s.size(0) * T;
-  const float sc = static_cast<float>(scale);
-  float* sp = s.data_ptr<float>();
-  at::parallel_for(0, rows, grain(T / 2 + 1), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; r++) {
-      float* row = sp + r * T;
-      const int64_t n = r % T + 1;  // keys this query may see
-      Vec vmax(-std::numeric_limits<float>::infinity());
-      int64_t j = 0;
-      for (; j + W <= n; j += W) vmax = at::vec::maximum(vmax, Vec::loadu(row + j));
-      float m = maximum(vmax);
-      for (; j < n; j++) m = std::max(m, row[j]);
-      const Vec vm(m * sc), vsc(sc);
-      Vec acc(0.f);
-      j = 0;
-      for (; j + W <= n; j += W) {
-        Vec e = at::vec::fmsub(Vec::loadu(row + j), vsc, vm).exp();
-        e.store(row + j);
-        acc = acc + e;
-      }
-      float total = sum(acc);
-      for (; j < n; j++) {
-        row[j] = std::exp(row[j] * sc - m * sc);
-        total += row[j];
-      }
-      const Vec inv(1.f / total);
-      j = 0;
-      for (; j + W <= n; j += W) (Vec::loadu(row + j) * inv).store(row + j);
-      for (; j < n; j++) row[j] *= 1.f / total;
-      std::fill(row + n, row + T, 0.f);
-    }
-  });
-  return s;
+// row[:n] = softmax(scale * row[:n]), row[n:T] = 0
+void softmax_row(float* row, int64_t n, int64_t T, float sc) {
+  Vec vmax(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + W <= n; j += W) vmax = at::vec::maximum(vmax, Vec::loadu(row + j));
+  float m = maximum(vmax);
+  for (; j < n; j++) m = std::max(m, row[j]);
+  const Vec vm(m * sc), vsc(sc);
+  Vec acc(0.f);
+  j = 0;
+  for (; j + W <= n; j += W) {
+    Vec e = at::vec::fmsub(Vec::loadu(row + j), vsc, vm).exp();
+    e.store(row + j);
+    acc = acc + e;
+  }
+  float total = sum(acc);
+  for (; j < n; j++) {
+    row[j] = std::exp(row[j] * sc - m * sc);
+    total += row[j];
+  }
+  const Vec inv(1.f / total);
+  j = 0;
+  for (; j + W <= n; j += W) (Vec::loadu(row + j) * inv).store(row + j);
+  for (; j < n; j++) row[j] *= 1.f / total;
+  std::fill(row + n, row + T, 0.f);
 }
 
-// dp (N, T, T), the gradient of the probabilities p, becomes the gradient of the scaled
-// scores in place: p * (dp - sum(dp * p)) on the causal half, zeros above.
-at::Tensor causal_softmax_backward_(at::Tensor dp, const at::Tensor& p) {
-  check(dp, "dp");
-  check(p, "p");
-  TORCH_CHECK(dp.sizes() == p.sizes() && p.dim() == 3 && p.size(1) == p.size(2),
-              "smolforge kernels: causal_softmax_backward_ wants dp and p of one (N, T, T) shape");
-  const int64_t T = p.size(1), rows = p.size(0) * T;
-  float* dpp = dp.data_ptr<float>();
-  const float* pp = p.data_ptr<float>();
-  at::parallel_for(0, rows, grain(T + 1), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; r++) {
-      float* d = dpp + r * T;
-      const float* q = pp + r * T;
-      const int64_t n = r % T + 1;
-      Vec acc(0.f);
-      int64_t j = 0;
-      for (; j + W <= n; j += W) acc = at::vec::fmadd(Vec::loadu(d + j), Vec::loadu(q + j), acc);
-      float dot = sum(acc);
-      for (; j < n; j++) dot += d[j] * q[j];
-      const Vec vdot(dot);
-      j = 0;
-      for (; j + W <= n; j += W) (Vec::loadu(q + j) * (Vec::loadu(d + j) - vdot)).store(d + j);
-      for (; j < n; j++) d[j] = q[j] * (d[j] - dot);
-      std::fill(d + n, d + T, 0.f);
-    }
-  });
-  return dp;
+// d[:n] = p[:n] * (d[:n] - sum(d[:n] * p[:n])), d[n:T] = 0
+void softmax_backward_row(float* d, const float* q, int64_t n, int64_t T) {
+  Vec acc(0.f);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) acc = at::vec::fmadd(Vec::loadu(d + j), Vec::loadu(q + j), acc);
+  float dot = sum(acc);
+  for (; j < n; j++) dot += d[j] * q[j];
+  const Vec vdot(dot);
+  j = 0;
+  for (; j + W <= n; j += W) (Vec::loadu(q + j) * (Vec::loadu(d + j) - vdot)).store(d + j);
+  for (; j < n; j++) d[j] = q[j] * (d[j] - dot);
+  std::fill(d + n, d + T, 0.f);
 }
 
 // ---- RoPE: qkv (B, T, (H + 2 KV) D), q and k heads pair-interleaved, -> out (H + 2 KV,
@@ -342,6 +309,162 @@ at::Tensor rope_backward(const at::Tensor& dq, const at::Tensor& dk, const at::T
   return d;
 }
 
+// ---- causal attention over short rows, head by head: each head's q, k, v (T, D), its
+// (T, T) probabilities and its scratch stay in L1/L2, and only the causal half of every
+// product is computed (bmm computes all of it). Register blocks of RB rows: each vector
+// load feeds RB multiply-adds.
+
+constexpr int64_t RB = 8;
+
+// c[i][j] = sum_d a[i][d] bT[d][j] for j < (end of i's row block), i < T; a rows of D
+// floats at stride lda; bT (D, T); c (T, T). Entries right of the diagonal are scratch.
+void causal_scores(const float* a, int64_t lda, const float* bT, int64_t T, int64_t D, float* c) {
+  for (int64_t i0 = 0; i0 < T; i0 += RB) {
+    const int64_t jend = std::min(T, i0 + RB);
+    for (int64_t j0 = 0; j0 < jend; j0 += W) {
+      const int64_t n = std::min(W, T - j0);
+      Vec acc[RB];
+      for (int64_t r = 0; r < RB; r++) acc[r] = Vec(0.f);
+      for (int64_t d = 0; d < D; d++) {
+        const Vec b = Vec::loadu(bT + d * T + j0, n);
+        for (int64_t r = 0; r < RB; r++) acc[r] = at::vec::fmadd(Vec(a[std::min(i0 + r, T - 1) * lda + d]), b, acc[r]);
+      }
+      for (int64_t r = 0; r < RB && i0 + r < T; r++) acc[r].store(c + (i0 + r) * T + j0, n);
+    }
+  }
+}
+
+// c[i] = alpha sum_{j <= i} p[i][j] b[j], rows of D floats; p (T, T) zero right of the
+// diagonal; b rows at stride ldb, c rows at stride ldc.
+void causal_mix(const float* p, const float* b, int64_t ldb, int64_t T, int64_t D, float* c, int64_t ldc,
+                float alpha) {
+  for (int64_t i0 = 0; i0 < T; i0 += RB) {
+    const int64_t jend = std::min(T, i0 + RB);
+    for (int64_t d0 = 0; d0 < D; d0 += W) {
+      const int64_t n = std::min(W, D - d0);
+      Vec acc[RB];
+      for (int64_t r = 0; r < RB; r++) acc[r] = Vec(0.f);
+      for (int64_t j = 0; j < jend; j++) {
+        const Vec bv = Vec::loadu(b + j * ldb + d0, n);
+        for (int64_t r = 0; r < RB; r++) acc[r] = at::vec::fmadd(Vec(p[std::min(i0 + r, T - 1) * T + j]), bv, acc[r]);
+      }
+      for (int64_t r = 0; r < RB && i0 + r < T; r++) (acc[r] * Vec(alpha)).store(c + (i0 + r) * ldc + d0, n);
+    }
+  }
+}
+
+// c[j] = alpha sum_{i >= j} p[i][j] b[i]: causal_mix with p transposed.
+void causal_mix_t(const float* p, const float* b, int64_t ldb, int64_t T, int64_t D, float* c, int64_t ldc,
+                  float alpha) {
+  for (int64_t j0 = 0; j0 < T; j0 += RB) {
+    for (int64_t d0 = 0; d0 < D; d0 += W) {
+      const int64_t n = std::min(W, D - d0);
+      Vec acc[RB];
+      for (int64_t r = 0; r < RB; r++) acc[r] = Vec(0.f);
+      for (int64_t i = j0; i < T; i++) {  // p[i][j] = 0 for i < j
+        const Vec bv = Vec::loadu(b + i * ldb + d0, n);
+        for (int64_t r = 0; r < RB; r++) acc[r] = at::vec::fmadd(Vec(p[i * T + std::min(j0 + r, T - 1)]), bv, acc[r]);
+      }
+      for (int64_t r = 0; r < RB && j0 + r < T; r++) (acc[r] * Vec(alpha)).store(c + (j0 + r) * ldc + d0, n);
+    }
+  }
+}
+
+void transpose(const float* a, int64_t T, int64_t D, float* out) {  // (T, D) -> (D, T)
+  for (int64_t j = 0; j < T; j++)
+    for (int64_t d = 0; d < D; d++) out[d * T + j] = a[j * D + d];
+}
+
+// Rotate T rows of a head: out[t] = rotate(x[t]) (rows of D at stride ldx), by the
+// tables' rows t (sign +1) or back (sign -1).
+template <int sign>
+void rotate_rows(const float* x, int64_t ldx, const float* cx, const float* sx, int64_t T, int64_t D, float* out,
+                 int64_t ldo) {
+  for (int64_t t = 0; t < T; t++) rotate<sign>(x + t * ldx, cx + t * D, sx + t * D, out + t * ldo, D);
+}
+
+// qkv (B, T, (H + 2 KV) D), q and k heads pair-interleaved as for `rope` -> y (B, T, H D)
+// = softmax(rot(q) rot(k)^T * scale, causal) v, and the probabilities p (B H, T, T),
+// zeros right of the diagonal, for the backward. RoPE is applied on the way in, in L1:
+// no rotated copy of q and k is written. Work is split by (batch row, KV head), so a
+// KV head's gradient (backward) is summed by one thread.
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& qkv, const at::Tensor& cosx, const at::Tensor& sinx,
+                                             int64_t H, int64_t KV, double scale) {
+  check(qkv, "qkv");
+  check(cosx, "cosx");
+  check(sinx, "sinx");
+  const int64_t B = qkv.size(0), T = qkv.size(1), NH = H + 2 * KV, D = qkv.size(2) / NH, G = H / KV;
+  const int64_t Bc = cosx.size(0), L = NH * D;
+  TORCH_CHECK(D % 2 == 0 && H % KV == 0 && cosx.size(1) == T && cosx.size(2) == D && (Bc == 1 || Bc == B),
+              "smolforge kernels: attention: qkv and the cos/sin tables do not match");
+  at::Tensor y = at::empty({B, T, H * D}, qkv.options());
+  at::Tensor p = at::empty({B * H, T, T}, qkv.options());
+  const float *xp = qkv.data_ptr<float>(), *cp = cosx.data_ptr<float>(), *sp = sinx.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *pp = p.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * KV, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qr(T * D), kr(T * D), kT(D * T);
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t b = task / KV, g = task % KV;
+      const float *row = xp + b * T * L, *cx = cp + (Bc == 1 ? 0 : b) * T * D, *sx = sp + (Bc == 1 ? 0 : b) * T * D;
+      rotate_rows<1>(row + (H + g) * D, L, cx, sx, T, D, kr.data(), D);
+      transpose(kr.data(), T, D, kT.data());
+      for (int64_t h = g * G; h < (g + 1) * G; h++) {
+        float* pn = pp + (b * H + h) * T * T;
+        rotate_rows<1>(row + h * D, L, cx, sx, T, D, qr.data(), D);
+        causal_scores(qr.data(), D, kT.data(), T, D, pn);
+        for (int64_t i = 0; i < T; i++) softmax_row(pn + i * T, i + 1, T, sc);
+        causal_mix(pn, row + (H + KV + g) * D, L, T, D, yp + b * T * H * D + h * D, H * D, 1.f);
+      }
+    }
+  });
+  return {y, p};
+}
+
+// dy (B, T, H D) -> d qkv (B, T, (H + 2 KV) D), from attention's inputs and p.
+at::Tensor attention_backward(const at::Tensor& dy, const at::Tensor& qkv, const at::Tensor& cosx,
+                              const at::Tensor& sinx, const at::Tensor& p, int64_t H, int64_t KV, double scale) {
+  check(dy, "dy");
+  check(p, "p");
+  const int64_t B = qkv.size(0), T = qkv.size(1), NH = H + 2 * KV, D = qkv.size(2) / NH, G = H / KV;
+  const int64_t Bc = cosx.size(0), L = NH * D;
+  TORCH_CHECK(dy.numel() == B * T * H * D && p.numel() == B * H * T * T,
+              "smolforge kernels: attention_backward: dy or p does not match qkv");
+  at::Tensor dqkv = at::empty_like(qkv);
+  const float *gp = dy.data_ptr<float>(), *xp = qkv.data_ptr<float>(), *pp = p.data_ptr<float>();
+  const float *cp = cosx.data_ptr<float>(), *sp = sinx.data_ptr<float>();
+  float* dp = dqkv.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * KV, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qr(T * D), kr(T * D), vT(D * T), ds(T * T), dk(T * D), dv(T * D), part(T * D);
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t b = task / KV, g = task % KV;
+      const float *row = xp + b * T * L, *cx = cp + (Bc == 1 ? 0 : b) * T * D, *sx = sp + (Bc == 1 ? 0 : b) * T * D;
+      float* drow = dp + b * T * L;
+      rotate_rows<1>(row + (H + g) * D, L, cx, sx, T, D, kr.data(), D);
+      for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++) vT[d * T + t] = row[t * L + (H + KV + g) * D + d];
+      std::fill(dk.begin(), dk.end(), 0.f);
+      std::fill(dv.begin(), dv.end(), 0.f);
+      for (int64_t h = g * G; h < (g + 1) * G; h++) {
+        const float *pn = pp + (b * H + h) * T * T, *gy = gp + b * T * H * D + h * D;
+        rotate_rows<1>(row + h * D, L, cx, sx, T, D, qr.data(), D);
+        causal_mix_t(pn, gy, H * D, T, D, part.data(), D, 1.f);  // dv += p^T dy
+        for (int64_t j = 0; j < T * D; j++) dv[j] += part[j];
+        causal_scores(gy, H * D, vT.data(), T, D, ds.data());  // dp = dy v^T
+        for (int64_t i = 0; i < T; i++) softmax_backward_row(ds.data() + i * T, pn + i * T, i + 1, T);
+        causal_mix(ds.data(), kr.data(), D, T, D, part.data(), D, sc);  // d rot(q) = scale ds rot(k)
+        rotate_rows<-1>(part.data(), D, cx, sx, T, D, drow + h * D, L);
+        causal_mix_t(ds.data(), qr.data(), D, T, D, part.data(), D, sc);  // d rot(k) += scale ds^T rot(q)
+        for (int64_t j = 0; j < T * D; j++) dk[j] += part[j];
+      }
+      rotate_rows<-1>(dk.data(), D, cx, sx, T, D, drow + (H + g) * D, L);
+      for (int64_t t = 0; t < T; t++) std::copy(dv.data() + t * D, dv.data() + (t + 1) * D, drow + t * L + (H + KV + g) * D);
+    }
+  });
+  return dqkv;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(smolforge, m) {
@@ -349,8 +472,9 @@ TORCH_LIBRARY(smolforge, m) {
   m.def("swiglu_backward_(Tensor(a!) h, Tensor g) -> Tensor(a!)", swiglu_backward_);
   m.def("rms_scale(Tensor x, float eps) -> (Tensor, Tensor)", rms_scale);
   m.def("rms_scale_backward(Tensor g, Tensor y, Tensor rstd) -> Tensor", rms_scale_backward);
-  m.def("causal_softmax_(Tensor(a!) s, float scale) -> Tensor(a!)", causal_softmax_);
-  m.def("causal_softmax_backward_(Tensor(a!) dp, Tensor p) -> Tensor(a!)", causal_softmax_backward_);
+  m.def("attention(Tensor qkv, Tensor cosx, Tensor sinx, int H, int KV, float scale) -> (Tensor, Tensor)", attention);
+  m.def("attention_backward(Tensor dy, Tensor qkv, Tensor cosx, Tensor sinx, Tensor p, int H, int KV, float scale) -> Tensor",
+        attention_backward);
   m.def("rope(Tensor qkv, Tensor cosx, Tensor sinx, int H, int KV) -> Tensor", rope);
   m.def("rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cosx, Tensor sinx) -> Tensor", rope_backward);
 }

@@ -1,11 +1,12 @@
 """Fused CPU kernels for the training Llama, built on this machine on first use.
 
-`cpu_kernels.cpp` holds float32 kernels for SwiGLU, x / rms(x) and the causal softmax
-(forward and backward), each one pass where torch ops make three to five over a tensor
-that does not fit in cache. smolforge/core/llama.py calls them through `ops()` when they
-are loaded and the tensors are float32 on the CPU, and torch ops otherwise: the kernels
-change speed, not the function (tests/unit/test_cpu_kernels.py checks them against the
-torch ops to float rounding). Measured in bench/scratch.py.
+`cpu_kernels.cpp` holds float32 kernels (forward and backward) for SwiGLU, x / rms(x),
+RoPE, and RoPE with causal attention in one: each one pass where torch ops make three
+to five over a tensor that does not fit in cache, and attention head by head in cache
+over the causal half only. smolforge/core/llama.py calls them (torch.ops.smolforge)
+when `usable` says so, and torch ops otherwise: the kernels change speed, not the
+function (tests/unit/test_cpu_kernels.py checks them against the torch ops to float
+rounding). Measured in bench/scratch.py.
 
 The library is compiled once per machine with the C++ compiler (`$CXX`, else `c++`),
 `-march=native`, and torch's headers, into the kernel cache

@@ -22,9 +22,10 @@ saves is an ordinary HF folder (`smolforge.core.model.to_hf`). Only the forward 
   in-place softmax (1.7x faster than the flash kernel at T <= 128 on the CPU); longer
   rows and masks go to `F.scaled_dot_product_attention`.
 - The residual adds ride on the output matmuls (`addmm`).
-- On the CPU in float32, RMSScale, RoPE, SwiGLU and the short attention's softmax run
-  fused C++ kernels (smolforge/core/cpu_kernels.py: one pass where the torch ops above
-  take three to five), built once per machine; without them, the torch ops.
+- On the CPU in float32, the C++ kernels of smolforge/core/cpu_kernels.py (built once
+  per machine) take RMSScale, SwiGLU and, for causal rows up to KERNEL_T, RoPE and
+  attention together (`KernelAttention`: head by head in cache, the causal half only,
+  q and k rotated on the way in); with a mask, RoPE alone. Without them, the torch ops.
 
 Measured side by side against a nanoGPT-shaped GPT of the same size in bench/scratch.py.
 
@@ -232,6 +233,7 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
 
 
 SHORT = 128  # causal attention over at most this many positions: ShortAttention (measured crossover ~150)
+KERNEL_T = 512  # causal rows up to this length: KernelAttention where the CPU kernels run (2x SDPA at 512, even at 1024)
 
 
 def attend(q, k, v, mask) -> torch.Tensor:
@@ -249,6 +251,31 @@ def attend(q, k, v, mask) -> torch.Tensor:
     return y.view(H, B, T, D).permute(1, 2, 0, 3).reshape(B, T, H * D)
 
 
+class KernelAttention(torch.autograd.Function):
+    """RoPE and causal attention in one fused CPU kernel each way
+    (smolforge/core/cpu_kernels.cpp): qkv (B, T, (H + 2 KV) D), its q and k heads
+    pair-interleaved as for RoPE, and the kernel's cos/sin tables (`kernel_tables`) ->
+    (B, T, H D). Head by head in cache, the causal half only, q and k rotated on the way
+    in; saves the (B H, T, T) probabilities for the backward."""
+
+    @staticmethod
+    def forward(ctx, qkv, cosx, sinx, H: int, KV: int):
+        qkv = qkv.contiguous()
+        scale = (qkv.shape[-1] // (H + 2 * KV)) ** -0.5
+        y, p = torch.ops.smolforge.attention(qkv, cosx, sinx, H, KV, scale)
+        ctx.save_for_backward(qkv, cosx, sinx, p)
+        ctx.H, ctx.KV, ctx.scale = H, KV, scale
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        qkv, cosx, sinx, p = ctx.saved_tensors
+        d = torch.ops.smolforge.attention_backward(
+            dy.contiguous(), qkv, cosx, sinx, p, ctx.H, ctx.KV, ctx.scale
+        )
+        return d, None, None, None, None
+
+
 class ShortAttention(torch.autograd.Function):
     """Causal softmax(q k^T / sqrt(D)) v over q, k, v (N, T, D), the (N, T, T) scores
     made in place: one buffer holds scores, then probabilities, then (backward) their
@@ -257,12 +284,9 @@ class ShortAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
         N, T, D = q.shape
-        if cpu_kernels.usable(q):  # the kernel reads only the causal half: no mask to write
-            p = torch.ops.smolforge.causal_softmax_(torch.bmm(q, k.transpose(1, 2)), D**-0.5)
-        else:
-            causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
-            p = torch.baddbmm(causal, q, k.transpose(1, 2), alpha=D**-0.5)  # (N, T, T) scores
-            torch.softmax(p, -1, out=p)
+        causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+        p = torch.baddbmm(causal, q, k.transpose(1, 2), alpha=D**-0.5)  # (N, T, T) scores
+        torch.softmax(p, -1, out=p)
         ctx.save_for_backward(q, k, v, p)
         return torch.bmm(p, v)
 
@@ -272,10 +296,7 @@ class ShortAttention(torch.autograd.Function):
         scale = q.shape[-1] ** -0.5
         dv = torch.bmm(p.transpose(1, 2), dy)
         dp = torch.bmm(dy, v.transpose(1, 2))  # (N, T, T)
-        if cpu_kernels.usable(dp):
-            ds = torch.ops.smolforge.causal_softmax_backward_(dp, p)  # p * (dp - sum(dp * p)), in place
-        else:
-            ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)
+        ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)  # p * (dp - sum(dp * p))
         dq = torch.baddbmm(q, ds, k, beta=0, alpha=scale)  # (q only gives the shape: beta 0)
         dk = torch.baddbmm(k, ds.transpose(1, 2), q, beta=0, alpha=scale)
         return dq, dk, dv
@@ -323,7 +344,11 @@ class Attention(nn.Module):
         wq = self.q_proj.weight[self.pairs] * norm_w
         wk = self.k_proj.weight[self.pairs[: KV * D]] * norm_w  # the same order for the KV key heads
         w = torch.cat([wq, wk, self.v_proj.weight * norm_w])  # ((H + 2 KV) D, C)
-        q, k, v = rope_split(F.linear(xhat, w), cos, sin, H, KV)  # (H or KV, B, T, D)
+        qkv = F.linear(xhat, w)  # (B, T, (H + 2 KV) D)
+        if mask is None and T <= KERNEL_T and not plain(qkv) and cpu_kernels.usable(qkv, cos):
+            y = KernelAttention.apply(qkv, *kernel_tables(cos, sin), H, KV)  # (B, T, H D)
+            return residual_linear(x, y, self.o_proj.weight)
+        q, k, v = rope_split(qkv, cos, sin, H, KV)  # (H or KV, B, T, D)
         if KV < H:  # grouped-query attention: each k/v head serves H / KV query heads
             k = k.repeat_interleave(H // KV, dim=0)
             v = v.repeat_interleave(H // KV, dim=0)

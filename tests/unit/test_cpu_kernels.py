@@ -56,20 +56,34 @@ def test_rms_scale_forward_and_backward(kernels, C):
     assert torch.allclose(kernels.rms_scale_backward(g, y, rstd), ref.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("T", [1, 7, 33, 96])
-def test_causal_softmax_forward_and_backward(kernels, T):
-    s, dp = randn(5, T, T) * 4, randn(5, T, T, seed=1)
-    scale = 0.3
-    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
-    ref = s.clone().requires_grad_()
-    want = torch.softmax((ref * scale).masked_fill(mask, float("-inf")), -1)
-    p = kernels.causal_softmax_(s.clone(), scale)
-    assert torch.allclose(p, want, atol=1e-6)
-    assert (p[:, mask] == 0).all()
-    want.backward(dp)  # d (scaled scores) = ref.grad / scale
-    ds = kernels.causal_softmax_backward_(dp.clone(), p)
-    assert torch.allclose(ds * scale, ref.grad, atol=1e-5)
-    assert (ds[:, mask] == 0).all()
+@pytest.mark.parametrize(
+    ("H", "KV", "B", "T", "D", "Bc"),
+    [
+        (1, 1, 1, 1, 8, 1),
+        (2, 2, 3, 7, 8, 1),
+        (4, 4, 2, 33, 32, 2),
+        (4, 2, 2, 96, 40, 1),
+        (2, 1, 1, 300, 16, 1),
+    ],
+)
+def test_attention_is_rope_then_causal_sdpa(kernels, H, KV, B, T, D, Bc):
+    """The fused RoPE + attention against RoPE's complex-number rotation and SDPA's causal
+    attention: output (B, T, H D) and the gradient of qkv, for grouped KV heads, per-row
+    positions (Bc = B), and rows and heads that leave vector tails."""
+    qkv = randn(B, T, (H + 2 * KV) * D)
+    angles = torch.arange(T)[None, :, None, None].float() * randn(Bc, 1, 1, D // 2, seed=1).abs()
+    cos, sin = angles.cos(), angles.sin()
+    dy = randn(B, T, H * D, seed=3)
+    mine, ref = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
+    y = llama.KernelAttention.apply(mine, *llama.kernel_tables(cos, sin), H, KV)
+    q, k, v = llama.RoPE.apply(ref, torch.complex(cos, sin), H, KV)  # (H or KV, B, T, D)
+    k, v = k.repeat_interleave(H // KV, 0), v.repeat_interleave(H // KV, 0)
+    want = F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in (q, k, v)), is_causal=True)
+    want = want.transpose(1, 2).reshape(B, T, H * D)
+    assert y.shape == want.shape and (y - want).abs().max().item() < 1e-5
+    y.backward(dy)
+    want.backward(dy)
+    assert (mine.grad - ref.grad).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize(("D", "Bc"), [(8, 1), (32, 1), (32, 2), (6, 2)])
