@@ -7,7 +7,8 @@ answers itself: at most `max_retries` more attempts, waiting an exponential back
 (capped) or the server's Retry-After (one above `max_wait_s` fails the request at once).
 A request that still fails raises `RequestFailed` with a short `reason` (a metrics key);
 an answer that concerns every request (401, 403, 404: wrong key, URL or model) raises
-`EndpointError` at once. `ask_all` answers a list of requests from a `RequestCache`
+`EndpointError` at once and closes the client, so no other worker sends another request
+to that endpoint. `ask_all` answers a list of requests from a `RequestCache`
 (smolforge.llm.cache) and asks the server only for the rest, `concurrency` at a time.
 """
 
@@ -202,7 +203,10 @@ class Client:
                 out = server.completions.create(prompt=req.prompt, **kw)
             return _response(out, chat=req.messages is not None)
         except openai.APIStatusError as e:
-            raise _status_error(e, self.base_url, self._key) from None
+            err = _status_error(e, self.base_url, self._key)
+            if isinstance(err, EndpointError):  # the endpoint refuses every request: send no more
+                self._closed.set()
+            raise err from None
         except openai.APITimeoutError:
             raise Transient("timeout", f"no answer within timeout_s {self.policy.timeout_s:g}") from None
         except openai.APIConnectionError as e:

@@ -165,8 +165,12 @@ def test_client_errors_are_not_retried():
             (404, "no such model"),
         ):
             srv.inject(status(code))
+            c, _ = client(srv.base_url)
             with pytest.raises(EndpointError, match=words):
                 c.ask(CHAT)
+            # the endpoint refuses everything: the client sends nothing more (other workers'
+            # next requests stop here instead of reaching the server)
+            assert failure(c).reason == "cancelled"
     assert len(srv.posts()) == 4
 
 
