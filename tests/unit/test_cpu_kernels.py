@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def kernels():
-    """torch.ops.smolforge; CI must have them (a compiler is part of its image)."""
+    """torch.ops.smolforge. Where a C++ compiler exists, CI must have built them: a source
+    that does not compile fails the suite there instead of skipping."""
     if not cpu_kernels.load():
-        if os.environ.get("CI") == "true":
+        if cpu_kernels.compiler() is not None and os.environ.get("CI") == "true":
             pytest.fail("the CPU kernels did not build under CI (see the log for the compiler's error)")
-        pytest.skip("no CPU kernels on this machine (no C++ compiler?)")
+        pytest.skip("no CPU kernels on this machine (no C++ compiler)")
     return torch.ops.smolforge
 
 
